@@ -1,0 +1,150 @@
+"""Exceptions raised by the Power Automate Desktop provider.
+
+Every error carries the ids a person needs to find the run or request again: the HTTP status and
+Dataverse ``error.code`` for API errors, the flowsession id and status for run outcomes.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowException
+
+
+class DesktopFlowError(AirflowException):
+    """Base class of every error this provider raises."""
+
+
+class DesktopFlowConfigurationError(DesktopFlowError, ValueError):
+    """An argument or connection field is invalid; nothing was sent to Dataverse."""
+
+
+class DesktopFlowInputsError(DesktopFlowConfigurationError):
+    """The flow inputs cannot be sent: not a JSON object, not serializable, or too large."""
+
+
+class DataverseApiError(DesktopFlowError):
+    """Dataverse or a gateway in front of it answered a request with an error status.
+
+    :param status_code: HTTP status, or None when no response arrived.
+    :param error_code: Dataverse ``error.code`` (for example ``0x80040220``), empty when the body had none.
+    :param message: Dataverse ``error.message`` or the start of a non-JSON body.
+    :param request: method and path of the request, without the query string's secrets (it has none).
+    """
+
+    def __init__(self, message: str, *, status_code: int | None, error_code: str = "", request: str = ""):
+        self.status_code = status_code
+        self.error_code = error_code
+        self.error_message = message
+        self.request = request
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        status = f"HTTP {self.status_code}" if self.status_code is not None else "no response"
+        code = f" (Dataverse error {self.error_code})" if self.error_code else ""
+        hint = self.hint()
+        return f"{self.request} failed with {status}{code}: {self.error_message}" + (f" {hint}" if hint else "")
+
+    def hint(self) -> str:
+        """Return what a person should check next, or an empty string."""
+        return ""
+
+
+class DataverseAuthenticationError(DataverseApiError):
+    """No access token could be acquired, or Dataverse rejected the token."""
+
+    def hint(self) -> str:
+        return (
+            "Check the connection's tenant id, client id and client secret, and that the app "
+            "registration is an application user in this Dataverse environment."
+        )
+
+
+class DataversePermissionError(DataverseApiError):
+    """Dataverse refused the request for lack of privileges (HTTP 403)."""
+
+    def hint(self) -> str:
+        return (
+            "Give the application user a security role with Owner-level privileges on flowsessions "
+            "and read access to workflows; reading a run's status and cancelling it need Owner privileges."
+        )
+
+
+class DataverseNotFoundError(DataverseApiError):
+    """The flow, flowsession or endpoint does not exist (HTTP 404)."""
+
+
+class DataverseThrottledError(DataverseApiError):
+    """Dataverse service protection limits rejected the request (HTTP 429).
+
+    :param retry_after_seconds: the ``Retry-After`` header value, or None when absent.
+    """
+
+    def __init__(self, message: str, *, retry_after_seconds: float | None = None, **kwargs):
+        self.retry_after_seconds = retry_after_seconds
+        super().__init__(message, **kwargs)
+
+
+class DesktopFlowNotFoundError(DesktopFlowError):
+    """No desktop flow has the requested name."""
+
+
+class AmbiguousDesktopFlowNameError(DesktopFlowError):
+    """Several desktop flows share the requested name."""
+
+
+class DesktopFlowRunError(DesktopFlowError):
+    """A desktop flow run ended without succeeding.
+
+    :param flow_session_id: id of the flowsession row of the run.
+    :param statuscode: the flowsession ``statuscode`` the run ended with.
+    :param status_label: the label of that statuscode, for example ``Failed``.
+    :param errorcode: the flowsession ``errorcode`` column, if any.
+    :param errormessage: the flowsession ``errormessage`` column, if any.
+    """
+
+    def __init__(
+        self,
+        *,
+        flow_session_id: str,
+        statuscode: int | None,
+        status_label: str,
+        errorcode: str | None = None,
+        errormessage: str | None = None,
+    ):
+        self.flow_session_id = flow_session_id
+        self.statuscode = statuscode
+        self.status_label = status_label
+        self.errorcode = errorcode
+        self.errormessage = errormessage
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        message = (
+            f"Desktop flow run {self.flow_session_id} ended with status {self.status_label} "
+            f"(statuscode {self.statuscode})"
+        )
+        if self.errorcode or self.errormessage:
+            message += f": errorcode {self.errorcode or '-'}, errormessage {self.errormessage or '-'}"
+        return message + "."
+
+
+class DesktopFlowRunCancelledError(DesktopFlowRunError):
+    """A desktop flow run was cancelled (statuscode 7) before it finished."""
+
+
+class DesktopFlowRunTimeoutError(DesktopFlowError):
+    """The run did not end before the operator's ``timeout``.
+
+    :param flow_session_id: id of the flowsession row of the run.
+    :param last_status_label: the label of the last status read before giving up.
+    :param cancelled: whether a cancel request was sent for the run.
+    """
+
+    def __init__(self, *, flow_session_id: str, timeout_seconds: float, last_status_label: str, cancelled: bool):
+        self.flow_session_id = flow_session_id
+        self.last_status_label = last_status_label
+        self.cancelled = cancelled
+        action = "A cancel request was sent." if cancelled else "The run was left running (cancel_on_kill=False)."
+        super().__init__(
+            f"Desktop flow run {flow_session_id} did not end within {timeout_seconds:g} seconds; "
+            f"its last status was {last_status_label}. {action}"
+        )

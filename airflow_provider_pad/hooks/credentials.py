@@ -1,0 +1,102 @@
+"""Access tokens for Dataverse from the Microsoft identity platform, through MSAL.
+
+One MSAL application exists per credential in a process, so every hook and trigger that uses the
+same connection shares MSAL's token cache and a token is requested again only near its expiry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from airflow_provider_pad.exceptions import DataverseAuthenticationError
+
+if TYPE_CHECKING:
+    import msal
+
+    from airflow_provider_pad.hooks.connection import DataverseConnectionConfig
+
+log = logging.getLogger(__name__)
+
+# Authority hosts whose instances MSAL can validate through Microsoft's instance discovery.
+# Any other host (a private or local identity platform) is used as given.
+MICROSOFT_AUTHORITY_HOSTS = frozenset(
+    {"login.microsoftonline.com", "login.microsoftonline.us", "login.chinacloudapi.cn", "login.microsoft.com"}
+)
+IDENTITY_TIMEOUT_SECONDS = 30
+
+_applications: dict[tuple[str, ...], msal.ConfidentialClientApplication] = {}
+_application_locks: dict[tuple[str, ...], threading.Lock] = {}
+_registry_lock = threading.Lock()
+
+
+def _credential_key(config: DataverseConnectionConfig) -> tuple[str, ...]:
+    # The secret enters the key only as a digest, so the registry never holds it in clear twice.
+    secret_digest = hashlib.sha256(config.client_secret.encode("utf-8")).hexdigest()
+    return (config.authority.lower(), config.client_id, secret_digest, str(config.verify))
+
+
+def get_client_application(config: DataverseConnectionConfig) -> tuple[msal.ConfidentialClientApplication, threading.Lock]:
+    """Return the process-wide MSAL application for the connection's credential, creating it once."""
+    key = _credential_key(config)
+    with _registry_lock:
+        application = _applications.get(key)
+        if application is None:
+            import msal
+
+            authority_host = (urlsplit(config.authority).hostname or "").lower()
+            application = msal.ConfidentialClientApplication(
+                config.client_id,
+                client_credential=config.client_secret,
+                authority=config.authority,
+                verify=config.verify,
+                timeout=IDENTITY_TIMEOUT_SECONDS,
+                instance_discovery=authority_host in MICROSOFT_AUTHORITY_HOSTS,
+            )
+            _applications[key] = application
+            _application_locks[key] = threading.Lock()
+        return application, _application_locks[key]
+
+
+def acquire_token(config: DataverseConnectionConfig, *, force_refresh: bool = False) -> str:
+    """Return an access token for the environment, from MSAL's cache unless ``force_refresh``.
+
+    This call blocks (MSAL uses ``requests``); asynchronous code runs it in a thread. The per-credential
+    lock makes concurrent callers wait for one token request instead of each sending their own.
+    """
+    application, lock = get_client_application(config)
+    scopes = [config.scope]
+    with lock:
+        if force_refresh:
+            application.remove_tokens_for_client()
+        try:
+            result = application.acquire_token_for_client(scopes)
+        except Exception as error:  # MSAL raises requests' and its own errors for network failures.
+            raise DataverseAuthenticationError(
+                f"the identity platform at {config.authority} could not be reached: {type(error).__name__}: {error}",
+                status_code=None,
+                request=f"token request for client {config.client_id}",
+            ) from None
+    token = (result or {}).get("access_token")
+    if token:
+        if result.get("token_source") == "identity_provider":
+            log.info("Acquired a new access token for client %s from %s.", config.client_id, config.authority)
+        return token
+
+    description = (result or {}).get("error_description") or "no error description"
+    raise DataverseAuthenticationError(
+        f"the identity platform refused a token for client {config.client_id}: "
+        f"{(result or {}).get('error', 'unknown_error')}: {description.splitlines()[0]}",
+        status_code=None,
+        request=f"token request to {config.authority}",
+    )
+
+
+def clear_client_applications() -> None:
+    """Forget every cached MSAL application and its tokens (for tests)."""
+    with _registry_lock:
+        _applications.clear()
+        _application_locks.clear()

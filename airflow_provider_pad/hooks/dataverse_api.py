@@ -1,0 +1,480 @@
+"""Requests and responses of the Dataverse desktop-flow API, written once for both transports.
+
+Each operation is a generator that yields :class:`ApiRequest` or :class:`Sleep` instructions and
+receives an :class:`ApiResponse` for each request. It does no I/O itself: the synchronous hook drives
+it with ``requests`` and ``time.sleep``, the asynchronous one with ``httpx`` and ``asyncio.sleep``.
+URL building, OData quoting, JSON bodies, paging, retries and error parsing therefore exist once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import uuid
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+from airflow_provider_pad.exceptions import (
+    DataverseApiError,
+    DataverseAuthenticationError,
+    DataverseNotFoundError,
+    DataversePermissionError,
+    DataverseThrottledError,
+    DesktopFlowConfigurationError,
+)
+from airflow_provider_pad.flowsession import FlowSession
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ODATA_HEADERS = {
+    "Accept": "application/json",
+    "OData-MaxVersion": "4.0",
+    "OData-Version": "4.0",
+}
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+
+DESKTOP_FLOW_CATEGORY = 6
+FLOWSESSION_COLUMNS = "statuscode,statecode,startedon,completedon,errorcode,errormessage"
+
+MAX_ATTEMPTS = 5
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 30.0
+ERROR_BODY_PREVIEW_CHARS = 300
+RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """One HTTP request to the environment; the transport adds the ``Authorization`` header.
+
+    :param description: method and path for logs and errors, for example ``GET flowsessions(<id>)``.
+    :param idempotent: whether sending it twice is harmless, so a failure without an answer may be retried.
+    :param refresh_token: ask the transport for a new token instead of a cached one.
+    """
+
+    method: str
+    url: str
+    description: str
+    headers: Mapping[str, str] = field(default_factory=lambda: dict(ODATA_HEADERS))
+    body: bytes | None = None
+    idempotent: bool = True
+    refresh_token: bool = False
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    """The parts of an HTTP response the operations read; header names are lower case."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Ask the transport to wait before the next request."""
+
+    seconds: float
+
+
+class DataverseConnectionError(DataverseApiError):
+    """The request got no HTTP answer: connection refused or reset, TLS failure, or a timeout."""
+
+    def __init__(self, message: str, *, request: str = ""):
+        super().__init__(message, status_code=None, request=request)
+
+
+Operation = Generator["ApiRequest | Sleep", "ApiResponse | None", T]
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """The answer of RunDesktopFlow: the new run's flowsession id and Dataverse's license check."""
+
+    flow_session_id: str
+    license_code: str | None = None
+    license_message: str | None = None
+
+
+class DataverseApi:
+    """Builds the requests of one environment and parses their answers.
+
+    :param environment_url: origin of the environment, for example ``https://contoso.crm.dynamics.com``.
+    :param api_version: Web API version, for example ``v9.2``.
+    """
+
+    def __init__(self, environment_url: str, api_version: str):
+        self.environment_url = environment_url.rstrip("/")
+        self.api_root = f"{self.environment_url}/api/data/{api_version}/"
+
+    # Endpoints -----------------------------------------------------------------------------------
+
+    def list_desktop_flows(
+        self, *, name: str | None = None, include_unpublished: bool = False
+    ) -> Operation[list[dict[str, Any]]]:
+        """List desktop flows (``category`` 6), optionally only those with exactly ``name``."""
+        clauses = [f"category eq {DESKTOP_FLOW_CATEGORY}"]
+        if name is not None:
+            clauses.append(f"name eq {quote_odata_literal(name)}")
+        url = self._url("workflows", {"$filter": " and ".join(clauses), "$select": "name,workflowid"})
+        headers = dict(ODATA_HEADERS)
+        headers["Prefer"] = "odata.maxpagesize=500"
+        if include_unpublished:
+            headers["MSCRM.IncludeUnpublished"] = "true"
+
+        rows: list[dict[str, Any]] = []
+        while url:
+            request = ApiRequest("GET", url, "GET workflows", headers=headers)
+            page = parse_json_object((yield from self.exchange(request)), request)
+            rows.extend(page.get("value") or [])
+            url = page.get("@odata.nextLink") or ""
+            if url:
+                self.check_same_origin(url)
+        return rows
+
+    def get_flow_schema(self, flow_id: str, kind: str) -> Operation[dict[str, Any]]:
+        """Read a flow's ``inputs`` or ``outputs`` schema; an empty file reads as an empty schema."""
+        if kind not in ("inputs", "outputs"):
+            raise ValueError(f"kind must be 'inputs' or 'outputs', not {kind!r}")
+        flow_id = check_guid(flow_id, "flow_id")
+        request = ApiRequest("GET", self._url(f"workflows({flow_id})/{kind}/$value"), f"GET {kind} schema of flow {flow_id}")
+        document = parse_json_object((yield from self.exchange(request)), request)
+        return document.get("schema") or {}
+
+    def run_desktop_flow(self, flow_id: str, body: dict[str, Any]) -> Operation[RunStarted]:
+        """Start a run. The request is not idempotent: a lost answer is never blindly resent."""
+        flow_id = check_guid(flow_id, "flow_id")
+        request = ApiRequest(
+            "POST",
+            self._url(f"workflows({flow_id})/Microsoft.Dynamics.CRM.RunDesktopFlow"),
+            f"POST RunDesktopFlow for flow {flow_id}",
+            headers={**ODATA_HEADERS, "Content-Type": JSON_CONTENT_TYPE},
+            body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+            idempotent=False,
+        )
+        answer = parse_json_object((yield from self.exchange(request)), request)
+        flow_session_id = answer.get("flowsessionId") or answer.get("flowsessionid")
+        if not flow_session_id:
+            raise DataverseApiError(
+                f"the answer has no flowsessionId: {preview_body(json.dumps(answer).encode())}",
+                status_code=200,
+                request=request.description,
+            )
+        license_check = answer.get("licenseCheck") or {}
+        return RunStarted(
+            flow_session_id=str(flow_session_id),
+            license_code=license_check.get("code"),
+            license_message=license_check.get("message"),
+        )
+
+    def get_flow_session(self, flow_session_id: str) -> Operation[FlowSession]:
+        flow_session_id = check_guid(flow_session_id, "flow_session_id")
+        request = ApiRequest(
+            "GET",
+            self._url(f"flowsessions({flow_session_id})", {"$select": FLOWSESSION_COLUMNS}),
+            f"GET flowsessions({flow_session_id})",
+        )
+        row = parse_json_object((yield from self.exchange(request)), request)
+        return FlowSession.from_row(flow_session_id, row)
+
+    def get_run_outputs(self, flow_session_id: str) -> Operation[dict[str, Any]]:
+        """Read a run's outputs; a run of a flow without outputs reads as ``{}``."""
+        flow_session_id = check_guid(flow_session_id, "flow_session_id")
+        request = ApiRequest(
+            "GET",
+            self._url(f"flowsessions({flow_session_id})/outputs/$value"),
+            f"GET outputs of flowsessions({flow_session_id})",
+        )
+        try:
+            response = yield from self.exchange(request)
+        except DataverseNotFoundError:
+            # Dataverse has no outputs file for a flow that declares no outputs.
+            log.info("Desktop flow run %s has no outputs file; its outputs are {}.", flow_session_id)
+            return {}
+        return parse_outputs(response, request)
+
+    def cancel_run(self, flow_session_id: str) -> Operation[None]:
+        flow_session_id = check_guid(flow_session_id, "flow_session_id")
+        request = ApiRequest(
+            "POST",
+            self._url(f"flowsessions({flow_session_id})/Microsoft.Dynamics.CRM.CancelDesktopFlowRun"),
+            f"POST CancelDesktopFlowRun for flowsessions({flow_session_id})",
+            headers={**ODATA_HEADERS, "Content-Type": JSON_CONTENT_TYPE},
+            body=b"{}",
+        )
+        yield from self.exchange(request)
+
+    def who_am_i(self) -> Operation[dict[str, Any]]:
+        request = ApiRequest("GET", self._url("WhoAmI"), "GET WhoAmI")
+        return parse_json_object((yield from self.exchange(request)), request)
+
+    def retrieve_current_organization(self) -> Operation[dict[str, Any]]:
+        """Read the organization's details, among them ``EnvironmentId`` for portal links."""
+        request = ApiRequest(
+            "GET",
+            self._url(
+                "RetrieveCurrentOrganization(AccessType=@p1)",
+                {"@p1": "Microsoft.Dynamics.CRM.EndpointAccessType'Default'"},
+            ),
+            "GET RetrieveCurrentOrganization",
+        )
+        answer = parse_json_object((yield from self.exchange(request)), request)
+        return answer.get("Detail") or {}
+
+    # The exchange loop ---------------------------------------------------------------------------
+
+    def exchange(self, request: ApiRequest) -> Operation[ApiResponse]:
+        """Send one request, retrying what is safe to retry, and return a successful response.
+
+        A 401 is retried once with a fresh token. 429 waits ``Retry-After`` seconds (or backs off).
+        5xx answers and lost connections are retried with backoff, the latter only for idempotent
+        requests, because a POST that got no answer may have taken effect.
+        """
+        self.check_same_origin(request.url)
+        refreshed = False
+        attempt = 1
+        while True:
+            try:
+                response = yield request
+            except DataverseConnectionError as error:
+                if not request.idempotent or attempt >= MAX_ATTEMPTS:
+                    raise
+                delay = backoff_seconds(attempt)
+                log.warning(
+                    "%s got no answer (attempt %d of %d): %s. Retrying in %.1f s.",
+                    request.description, attempt, MAX_ATTEMPTS, error.error_message, delay,
+                )
+                yield Sleep(delay)
+                attempt += 1
+                continue
+
+            assert response is not None
+            if response.status_code < 400:
+                return response
+
+            if response.status_code == 401 and not refreshed:
+                log.info("%s answered HTTP 401; retrying once with a new access token.", request.description)
+                refreshed = True
+                request = _with_token_refresh(request)
+                continue
+
+            error = error_from_response(response, request)
+            retryable = isinstance(error, DataverseThrottledError) or (
+                response.status_code in RETRYABLE_STATUSES and request.idempotent
+            )
+            if not retryable or attempt >= MAX_ATTEMPTS:
+                raise error
+
+            delay = backoff_seconds(attempt)
+            if isinstance(error, DataverseThrottledError) and error.retry_after_seconds is not None:
+                delay = error.retry_after_seconds
+            log.warning(
+                "%s answered HTTP %d (attempt %d of %d). Retrying in %.1f s.",
+                request.description, response.status_code, attempt, MAX_ATTEMPTS, delay,
+            )
+            yield Sleep(delay)
+            attempt += 1
+
+    # Helpers -------------------------------------------------------------------------------------
+
+    def check_same_origin(self, url: str) -> None:
+        """Raise unless ``url`` is on the environment's origin, so the bearer token goes nowhere else."""
+        expected = urlsplit(self.environment_url)
+        actual = urlsplit(url)
+        if (actual.scheme, actual.netloc.lower()) != (expected.scheme, expected.netloc.lower()):
+            raise DataverseApiError(
+                f"refusing to send the access token to {actual.scheme}://{actual.netloc}, which is not the "
+                f"connection's environment {self.environment_url}.",
+                status_code=None,
+                request=f"GET {url}",
+            )
+
+    def _url(self, path: str, query: Mapping[str, str] | None = None) -> str:
+        url = self.api_root + path
+        if query:
+            url += "?" + "&".join(f"{key}={quote(value, safe=QUERY_SAFE_CHARACTERS)}" for key, value in query.items())
+        return url
+
+
+# Characters left readable in query values: OData punctuation that never needs escaping there.
+QUERY_SAFE_CHARACTERS = "',()@.:"
+
+
+def _with_token_refresh(request: ApiRequest) -> ApiRequest:
+    return ApiRequest(
+        request.method,
+        request.url,
+        request.description,
+        headers=request.headers,
+        body=request.body,
+        idempotent=request.idempotent,
+        refresh_token=True,
+    )
+
+
+def quote_odata_literal(value: str) -> str:
+    """Quote a string for an OData ``$filter``: single quotes doubled, the whole in single quotes.
+
+    The result is percent-encoded later, once, with the rest of the query.
+    """
+    return "'" + value.replace("'", "''") + "'"
+
+
+def check_guid(value: str, argument: str) -> str:
+    """Return ``value`` as a canonical GUID string, or raise naming the argument."""
+    try:
+        return str(uuid.UUID(str(value).strip().strip("{}")))
+    except ValueError:
+        raise DesktopFlowConfigurationError(
+            f"{argument} {value!r} is not a GUID; copy the id from Dataverse or the Power Automate portal, "
+            "for example 'f091ffab-58bb-4630-a115-659453d56f59'."
+        ) from None
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Capped exponential backoff with full jitter for the given 1-based attempt."""
+    ceiling = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Read a ``Retry-After`` header given in seconds; Dataverse does not send HTTP dates."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        return None
+
+
+def decode_json(content: bytes) -> Any:
+    """Decode a JSON body, tolerating a UTF-8 byte-order mark; an empty body decodes to None."""
+    text = content.decode("utf-8-sig").strip()
+    if not text:
+        return None
+    return json.loads(text)
+
+
+def parse_json_object(response: ApiResponse, request: ApiRequest) -> dict[str, Any]:
+    """Return the response body as a JSON object; an empty body is ``{}``."""
+    try:
+        document = decode_json(response.content)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DataverseApiError(
+            f"the answer is not JSON: {preview_body(response.content)}",
+            status_code=response.status_code,
+            request=request.description,
+        ) from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise DataverseApiError(
+            f"expected a JSON object, got {type(document).__name__}: {preview_body(response.content)}",
+            status_code=response.status_code,
+            request=request.description,
+        )
+    return document
+
+
+def parse_outputs(response: ApiResponse, request: ApiRequest) -> dict[str, Any]:
+    """Return a run's outputs as a dict.
+
+    Accepts an empty body (no outputs), a byte-order mark, and an object serialized twice (a JSON
+    string that holds the object). Values inside the object are returned as they are.
+    """
+    try:
+        document = decode_json(response.content)
+        if isinstance(document, str) and document.strip().startswith("{"):
+            document = json.loads(document)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DataverseApiError(
+            f"the outputs are not JSON: {preview_body(response.content)}",
+            status_code=response.status_code,
+            request=request.description,
+        ) from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise DataverseApiError(
+            f"expected the outputs to be a JSON object, got {type(document).__name__}",
+            status_code=response.status_code,
+            request=request.description,
+        )
+    return document
+
+
+def preview_body(content: bytes) -> str:
+    """Return the start of a body as readable text: control characters removed, length capped."""
+    if not content.strip():
+        return "(empty body)"
+    text = _CONTROL_CHARACTERS.sub("", content.decode("utf-8", errors="replace")).strip()
+    text = " ".join(text.split())
+    if len(text) > ERROR_BODY_PREVIEW_CHARS:
+        text = text[:ERROR_BODY_PREVIEW_CHARS] + "..."
+    return text
+
+
+def error_from_response(response: ApiResponse, request: ApiRequest) -> DataverseApiError:
+    """Turn an error response into the matching exception, whether its body is Dataverse JSON or not."""
+    code = ""
+    message = ""
+    try:
+        document = decode_json(response.content)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("error"), dict):
+        code = str(document["error"].get("code") or "")
+        message = _CONTROL_CHARACTERS.sub("", str(document["error"].get("message") or "")).strip()
+    if not message:
+        message = preview_body(response.content)
+
+    arguments: dict[str, Any] = {
+        "status_code": response.status_code,
+        "error_code": code,
+        "request": request.description,
+    }
+    status = response.status_code
+    if status == 401:
+        return DataverseAuthenticationError(message, **arguments)
+    if status == 403:
+        return DataversePermissionError(message, **arguments)
+    if status == 404:
+        return DataverseNotFoundError(message, **arguments)
+    if status == 429:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return DataverseThrottledError(message, retry_after_seconds=retry_after, **arguments)
+    return DataverseApiError(message, **arguments)
+
+
+def build_run_body(
+    *,
+    connection_name: str,
+    connection_type: int,
+    run_mode: str,
+    run_priority: str,
+    inputs_json: str | None,
+    run_timeout_seconds: int | None,
+    callback_url: str | None,
+) -> dict[str, Any]:
+    """Build a RunDesktopFlow request body; ``inputs`` travels as a string holding a JSON object."""
+    body: dict[str, Any] = {
+        "runMode": run_mode,
+        "runPriority": run_priority,
+        "connectionName": connection_name,
+        "connectionType": connection_type,
+    }
+    if run_timeout_seconds is not None:
+        body["timeout"] = run_timeout_seconds
+    if inputs_json is not None:
+        body["inputs"] = inputs_json
+    if callback_url:
+        body["callbackUrl"] = callback_url
+    return body

@@ -1,0 +1,335 @@
+"""Operator that starts a Power Automate Desktop flow run and waits for its outputs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, conf
+
+from airflow_provider_pad.exceptions import (
+    DesktopFlowConfigurationError,
+    DesktopFlowError,
+    DesktopFlowRunCancelledError,
+    DesktopFlowRunError,
+    DesktopFlowRunTimeoutError,
+)
+from airflow_provider_pad.flowsession import RunOutcome
+from airflow_provider_pad.inputs import serialize_inputs
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_pad.flowsession import FlowSession
+    from airflow_provider_pad.hooks.dataverse import DataverseHook
+
+DEFAULT_CHECK_INTERVAL_SECONDS = 30
+DEFAULT_TIMEOUT_SECONDS = 7 * 24 * 60 * 60
+MAX_RUN_TIMEOUT_SECONDS = 86400
+RUN_MODES = ("unattended", "attended")
+RUN_PRIORITIES = ("normal", "high")
+CONNECTION_TYPE_CONNECTION = 1
+CONNECTION_TYPE_REFERENCE = 2
+FLOW_SESSION_ID_XCOM_KEY = "flow_session_id"
+
+
+class RunDesktopFlowOperator(BaseOperator):
+    """Start a desktop flow run through Dataverse, wait for it, and return its outputs.
+
+    The flowsession id is pushed to XCom under ``flow_session_id`` as soon as the run starts. A run
+    that succeeds returns its outputs as a dict (``{}`` when the flow has none), so they land in
+    XCom under ``return_value``. Any other ending raises :class:`DesktopFlowRunError`
+    (:class:`DesktopFlowRunCancelledError` for a cancelled run).
+
+    :param flow_id: workflow id of the desktop flow. Pass exactly one of ``flow_id`` and ``flow_name``.
+    :param flow_name: exact name of a published desktop flow, resolved to its id when the task runs.
+    :param connection_name: name of the desktop-flow connection (the machine or machine group) to run on.
+        Pass exactly one of ``connection_name`` and ``connection_reference``.
+    :param connection_reference: logical name of a connection reference (sent with ``connectionType`` 2).
+    :param inputs: the flow's inputs, a dict or a string holding a JSON object; at most 2 MB of UTF-8.
+        Datetimes are sent as ISO 8601 strings. Templated.
+    :param run_mode: ``"unattended"`` (default) or ``"attended"``.
+    :param run_priority: ``"normal"`` (default) or ``"high"``.
+    :param run_timeout: seconds the desktop flow itself may run, 1 to 86400; Dataverse's default
+        (3 hours) applies when None.
+    :param callback_url: optional HTTPS URL that Dataverse calls when the run ends.
+    :param wait_for_termination: wait for the run to end (default True); otherwise return None once it starts.
+    :param check_interval: seconds between two status reads (default 30).
+    :param timeout: seconds Airflow waits for the run to end (default 7 days). Past it the task fails
+        and, with ``cancel_on_kill``, the run is cancelled.
+    :param deferrable: wait in the triggerer instead of holding a worker slot. Defaults to the
+        ``[operators] default_deferrable`` option.
+    :param cancel_on_kill: cancel the run when the task is killed or times out (default True).
+    :param dataverse_conn_id: id of the ``dataverse`` connection (default ``dataverse_default``).
+    """
+
+    template_fields: Sequence[str] = (
+        "flow_id",
+        "flow_name",
+        "connection_name",
+        "connection_reference",
+        "inputs",
+        "callback_url",
+    )
+    template_fields_renderers = {"inputs": "json"}
+    ui_color = "#0066ff"
+    ui_fgcolor = "#ffffff"
+
+    def __init__(
+        self,
+        *,
+        flow_id: str | None = None,
+        flow_name: str | None = None,
+        connection_name: str | None = None,
+        connection_reference: str | None = None,
+        inputs: Mapping[str, Any] | str | None = None,
+        run_mode: str = "unattended",
+        run_priority: str = "normal",
+        run_timeout: int | None = None,
+        callback_url: str | None = None,
+        wait_for_termination: bool = True,
+        check_interval: float = DEFAULT_CHECK_INTERVAL_SECONDS,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        cancel_on_kill: bool = True,
+        dataverse_conn_id: str = "dataverse_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.flow_id = flow_id
+        self.flow_name = flow_name
+        self.connection_name = connection_name
+        self.connection_reference = connection_reference
+        self.inputs = inputs
+        self.run_mode = run_mode
+        self.run_priority = run_priority
+        self.run_timeout = run_timeout
+        self.callback_url = callback_url
+        self.wait_for_termination = wait_for_termination
+        self.check_interval = check_interval
+        self.timeout = timeout
+        self.deferrable = deferrable
+        self.cancel_on_kill = cancel_on_kill
+        self.dataverse_conn_id = dataverse_conn_id
+        self.flow_session_id: str | None = None
+        self._run_ended = False
+        self._hook: DataverseHook | None = None
+        self._check_static_arguments()
+
+    def _check_static_arguments(self) -> None:
+        """Reject invalid arguments when the DAG is parsed; templated ones are checked in ``execute``."""
+        if (self.flow_id is None) == (self.flow_name is None):
+            raise DesktopFlowConfigurationError("Pass exactly one of flow_id and flow_name.")
+        if (self.connection_name is None) == (self.connection_reference is None):
+            raise DesktopFlowConfigurationError(
+                "Pass exactly one of connection_name (a desktop-flow connection) and connection_reference "
+                "(a connection reference's logical name)."
+            )
+        if self.run_mode not in RUN_MODES:
+            raise DesktopFlowConfigurationError(f"run_mode must be one of {RUN_MODES}, not {self.run_mode!r}.")
+        if self.run_priority not in RUN_PRIORITIES:
+            raise DesktopFlowConfigurationError(
+                f"run_priority must be one of {RUN_PRIORITIES}, not {self.run_priority!r}."
+            )
+        if self.run_timeout is not None and (
+            isinstance(self.run_timeout, bool)
+            or not isinstance(self.run_timeout, int)
+            or not 1 <= self.run_timeout <= MAX_RUN_TIMEOUT_SECONDS
+        ):
+            raise DesktopFlowConfigurationError(
+                f"run_timeout must be a whole number of seconds from 1 to {MAX_RUN_TIMEOUT_SECONDS}, "
+                f"not {self.run_timeout!r}."
+            )
+        for name in ("check_interval", "timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise DesktopFlowConfigurationError(f"{name} must be a positive number of seconds, not {value!r}.")
+
+    @property
+    def hook(self) -> DataverseHook:
+        if self._hook is None:
+            from airflow_provider_pad.hooks.dataverse import DataverseHook
+
+            self._hook = DataverseHook(dataverse_conn_id=self.dataverse_conn_id)
+        return self._hook
+
+    # Lifecycle -----------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any] | None:
+        body = self._build_run_body()
+        flow_id = self._resolve_flow_id()
+
+        self.flow_session_id = self._start_run(flow_id, body, context)
+        if not self.wait_for_termination:
+            return None
+
+        deadline = time.time() + self.timeout
+        if self.deferrable:
+            session = self.hook.get_flow_session(self.flow_session_id)
+            if not session.has_ended:
+                self._defer(deadline)
+        else:
+            session = self._wait(deadline)
+        return self._finish(session.outcome, session=session)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Finish the task from the trigger's event; safe to call more than once for one event."""
+        self.flow_session_id = event["flow_session_id"]
+        return self._finish(event["status"], event=event)
+
+    def on_kill(self) -> None:
+        """Cancel the run when the task is killed while it waits on the worker."""
+        if not self.cancel_on_kill or self.flow_session_id is None or self._run_ended:
+            return
+        self._cancel_run("the task was killed")
+
+    # Steps ---------------------------------------------------------------------------------------
+
+    def _build_run_body(self) -> dict[str, Any]:
+        from airflow_provider_pad.hooks.dataverse_api import build_run_body
+
+        self._check_static_arguments()
+        if self.connection_reference is not None:
+            connection_name, connection_type = self.connection_reference, CONNECTION_TYPE_REFERENCE
+        else:
+            connection_name, connection_type = self.connection_name, CONNECTION_TYPE_CONNECTION
+        if not str(connection_name or "").strip():
+            raise DesktopFlowConfigurationError("connection_name or connection_reference rendered to an empty string.")
+        return build_run_body(
+            connection_name=str(connection_name).strip(),
+            connection_type=connection_type,
+            run_mode=self.run_mode,
+            run_priority=self.run_priority,
+            inputs_json=serialize_inputs(self.inputs),
+            run_timeout_seconds=self.run_timeout,
+            callback_url=self.callback_url or None,
+        )
+
+    def _resolve_flow_id(self) -> str:
+        from airflow_provider_pad.hooks.dataverse_api import check_guid
+
+        if self.flow_id is not None:
+            return check_guid(self.flow_id, "flow_id")
+        flow_id = self.hook.resolve_flow_id(str(self.flow_name))
+        self.log.info("Desktop flow %r has workflow id %s.", self.flow_name, flow_id)
+        return flow_id
+
+    def _start_run(self, flow_id: str, body: dict[str, Any], context: Context) -> str:
+        started = self.hook.run_desktop_flow(flow_id, body)
+        self.log.info(
+            "Started desktop flow run %s of flow %s on %s (%s, priority %s).",
+            started.flow_session_id,
+            flow_id,
+            body["connectionName"],
+            body["runMode"],
+            body["runPriority"],
+        )
+        context["ti"].xcom_push(key=FLOW_SESSION_ID_XCOM_KEY, value=started.flow_session_id)
+        if started.license_code and started.license_code != "ValidLicenseCoverage":
+            self.log.warning(
+                "Dataverse's license check for run %s returned %s: %s. The run may stay queued or fail.",
+                started.flow_session_id,
+                started.license_code,
+                started.license_message or "no message",
+            )
+        return started.flow_session_id
+
+    def _defer(self, deadline: float) -> None:
+        from airflow_provider_pad.triggers.desktop_flow import DesktopFlowRunTrigger
+
+        self.log.info(
+            "Deferring until desktop flow run %s ends (checking every %s s, for at most %s s).",
+            self.flow_session_id,
+            self.check_interval,
+            self.timeout,
+        )
+        self.defer(
+            trigger=DesktopFlowRunTrigger(
+                flow_session_id=str(self.flow_session_id),
+                dataverse_conn_id=self.dataverse_conn_id,
+                check_interval=self.check_interval,
+                deadline=deadline,
+                cancel_on_kill=self.cancel_on_kill,
+            ),
+            method_name="execute_complete",
+        )
+
+    def _wait(self, deadline: float) -> FlowSession:
+        """Poll the run on the worker until it ends or ``deadline`` (epoch seconds) passes."""
+        assert self.flow_session_id is not None
+        last_label = None
+        while True:
+            session = self.hook.get_flow_session(self.flow_session_id)
+            if session.label != last_label:
+                self.log.info("Desktop flow run %s is %s.", self.flow_session_id, session.label)
+                last_label = session.label
+            if session.has_ended:
+                return session
+
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                cancelled = self.cancel_on_kill and self._cancel_run("the timeout passed")
+                raise DesktopFlowRunTimeoutError(
+                    flow_session_id=self.flow_session_id,
+                    timeout_seconds=self.timeout,
+                    last_status_label=session.label,
+                    cancelled=cancelled,
+                )
+            time.sleep(min(self.check_interval, remaining))
+
+    def _finish(
+        self, outcome: str, *, session: FlowSession | None = None, event: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Return the outputs of a successful run or raise the error that matches its outcome."""
+        self._run_ended = True
+        details = _run_details(session, event)
+        flow_session_id = str(self.flow_session_id)
+
+        if outcome == RunOutcome.SUCCESS:
+            outputs = self.hook.get_run_outputs(flow_session_id)
+            self.log.info("Desktop flow run %s succeeded with outputs %s.", flow_session_id, sorted(outputs))
+            return outputs
+        if outcome == RunOutcome.CANCELLED:
+            raise DesktopFlowRunCancelledError(flow_session_id=flow_session_id, **details)
+        if outcome == RunOutcome.FAILED:
+            raise DesktopFlowRunError(flow_session_id=flow_session_id, **details)
+        if outcome == RunOutcome.TIMEOUT:
+            raise DesktopFlowRunTimeoutError(
+                flow_session_id=flow_session_id,
+                timeout_seconds=self.timeout,
+                last_status_label=details["status_label"],
+                cancelled=bool(event and event.get("cancelled")),
+            )
+        if session is not None:
+            # A statuscode outside the documented table: neither success nor a known failure.
+            raise DesktopFlowRunError(flow_session_id=flow_session_id, **details)
+        message = (event or {}).get("message") or f"Watching desktop flow run {flow_session_id} failed."
+        raise DesktopFlowError(message)
+
+    def _cancel_run(self, reason: str) -> bool:
+        """Send a cancel request, logging instead of raising when it fails, so the real outcome stays."""
+        try:
+            self.hook.cancel_run(str(self.flow_session_id))
+        except DesktopFlowError as error:
+            self.log.warning("Cancelling desktop flow run %s (%s) failed: %s", self.flow_session_id, reason, error)
+            return False
+        self.log.info("Cancelled desktop flow run %s because %s.", self.flow_session_id, reason)
+        return True
+
+
+def _run_details(session: FlowSession | None, event: dict[str, Any] | None) -> dict[str, Any]:
+    if session is not None:
+        return {
+            "statuscode": session.statuscode,
+            "status_label": session.label,
+            "errorcode": session.errorcode,
+            "errormessage": session.errormessage,
+        }
+    event = event or {}
+    return {
+        "statuscode": event.get("statuscode"),
+        "status_label": event.get("status_label") or "unknown",
+        "errorcode": event.get("errorcode"),
+        "errormessage": event.get("errormessage"),
+    }
