@@ -47,12 +47,14 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": [
+            "airflow_provider_pad.links.desktop_flow.DesktopFlowLink",
             "airflow_provider_pad.links.desktop_flow.DesktopFlowRunLink",
         ],
         "connection-types": [
             {
                 "hook-class-name": "airflow_provider_pad.hooks.dataverse.DataverseHook",
                 "connection-type": "dataverse",
+                "hook-name": "Dataverse (Power Automate Desktop)",
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port"],
                     "relabeling": {

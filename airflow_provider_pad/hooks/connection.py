@@ -36,6 +36,8 @@ class DataverseConnectionConfig:
     authority: str
     verify: bool | str = True
     api_version: str = DEFAULT_API_VERSION
+    environment_id: str | None = None
+    portal_url: str | None = None
 
     @property
     def api_root(self) -> str:
@@ -88,6 +90,8 @@ class DataverseConnectionConfig:
             authority=authority,
             verify=parse_verify(extra.get("verify"), conn_id),
             api_version=str(extra.get("api_version") or DEFAULT_API_VERSION).strip(),
+            environment_id=str(extra.get("environment_id") or "").strip() or None,
+            portal_url=str(extra.get("portal_url") or "").strip().rstrip("/") or None,
         )
 
 

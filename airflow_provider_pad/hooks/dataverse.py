@@ -37,6 +37,9 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 60.0
 
+# Environment ids read from Dataverse, keyed by connection id and environment URL.
+_environment_ids: dict[tuple[str, str], str] = {}
+
 
 class DataverseHook(BaseHook):
     """Interact with desktop flows through the Dataverse Web API of one Power Platform environment.
@@ -117,6 +120,33 @@ class DataverseHook(BaseHook):
     def get_environment_details(self) -> dict[str, Any]:
         """Return the organization details, among them ``EnvironmentId``."""
         return self._run(lambda api: api.retrieve_current_organization())
+
+    def get_environment_id(self) -> str:
+        """Return the Power Platform environment id, from the ``environment_id`` extra or Dataverse.
+
+        The answer from Dataverse is cached per connection for the life of the process.
+        """
+        config = self.get_config()
+        if config.environment_id:
+            return config.environment_id
+        key = (config.conn_id, config.environment_url)
+        if key not in _environment_ids:
+            details = self.get_environment_details()
+            environment_id = details.get("EnvironmentId")
+            if not environment_id:
+                raise DesktopFlowError(
+                    f"RetrieveCurrentOrganization on {config.environment_url} returned no EnvironmentId; "
+                    "set the connection's environment_id extra."
+                )
+            _environment_ids[key] = str(environment_id)
+        return _environment_ids[key]
+
+    def get_portal_url(self) -> str:
+        """Return the Power Automate portal origin for this connection's cloud."""
+        from airflow_provider_pad.links.desktop_flow import portal_for_authority
+
+        config = self.get_config()
+        return config.portal_url or portal_for_authority(config.authority)
 
     def test_connection(self) -> tuple[bool, str]:
         """Call WhoAmI; used by the Test button of the connection form."""

@@ -17,6 +17,12 @@ from airflow_provider_pad.exceptions import (
 )
 from airflow_provider_pad.flowsession import RunOutcome
 from airflow_provider_pad.inputs import serialize_inputs
+from airflow_provider_pad.links.desktop_flow import (
+    DesktopFlowLink,
+    DesktopFlowRunLink,
+    flow_details_url,
+    flow_run_url,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -73,6 +79,7 @@ class RunDesktopFlowOperator(BaseOperator):
         "callback_url",
     )
     template_fields_renderers = {"inputs": "json"}
+    operator_extra_links = (DesktopFlowLink(), DesktopFlowRunLink())
     ui_color = "#0066ff"
     ui_fgcolor = "#ffffff"
 
@@ -226,6 +233,7 @@ class RunDesktopFlowOperator(BaseOperator):
             body["runPriority"],
         )
         context["ti"].xcom_push(key=FLOW_SESSION_ID_XCOM_KEY, value=started.flow_session_id)
+        self._store_links(context, flow_id, started.flow_session_id)
         if started.license_code and started.license_code != "ValidLicenseCoverage":
             self.log.warning(
                 "Dataverse's license check for run %s returned %s: %s. The run may stay queued or fail.",
@@ -234,6 +242,19 @@ class RunDesktopFlowOperator(BaseOperator):
                 started.license_message or "no message",
             )
         return started.flow_session_id
+
+    def _store_links(self, context: Context, flow_id: str, flow_session_id: str) -> None:
+        """Store the portal URLs for the extra links; a failure here never fails the task."""
+        try:
+            environment_id = self.hook.get_environment_id()
+        except DesktopFlowError as error:
+            self.log.warning("No portal links for run %s: reading the environment id failed: %s", flow_session_id, error)
+            return
+        portal = self.hook.get_portal_url()
+        run_url = flow_run_url(portal, environment_id, flow_id, flow_session_id)
+        context["ti"].xcom_push(key=DesktopFlowLink().xcom_key, value=flow_details_url(portal, environment_id, flow_id))
+        context["ti"].xcom_push(key=DesktopFlowRunLink().xcom_key, value=run_url)
+        self.log.info("Desktop flow run %s in the Power Automate portal: %s", flow_session_id, run_url)
 
     def _defer(self, deadline: float) -> None:
         from airflow_provider_pad.triggers.desktop_flow import DesktopFlowRunTrigger
