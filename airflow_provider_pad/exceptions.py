@@ -22,7 +22,7 @@ class DesktopFlowInputsError(DesktopFlowConfigurationError):
 
 
 class DataverseApiError(DesktopFlowError):
-    """Dataverse or a gateway in front of it answered a request with an error status.
+    """Dataverse or a gateway in front of it returned an error status.
 
     :param status_code: HTTP status, or None when no response arrived.
     :param error_code: Dataverse ``error.code`` (for example ``0x80040220``), empty when the body had none.

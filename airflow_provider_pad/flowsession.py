@@ -49,7 +49,7 @@ FAILURE_STATUSES = frozenset(FlowSessionStatus) - IN_PROGRESS_STATUSES - SUCCESS
 
 
 class RunOutcome:
-    """How a run stands, as carried in trigger events; the values are stable strings."""
+    """The state of a run as carried in trigger events. The values are stable strings."""
 
     RUNNING = "running"
     SUCCESS = "success"

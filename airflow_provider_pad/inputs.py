@@ -2,8 +2,8 @@
 
 Checked before any request: the inputs must be a JSON object of at most 2 MB of UTF-8, and every
 value must be JSON-serializable. ``datetime`` and ``date`` values become ISO 8601 strings
-(``2026-01-31T08:00:00+00:00``), because desktop flow inputs have no date type; ``Decimal`` and every
-other type are rejected by key, since a silent float conversion could change an amount.
+(``2026-01-31T08:00:00+00:00``), because desktop flow inputs have no date type. ``Decimal`` and every
+other type are rejected by key, because a silent float conversion could change an amount.
 """
 
 from __future__ import annotations

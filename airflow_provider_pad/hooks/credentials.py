@@ -34,7 +34,7 @@ _registry_lock = threading.Lock()
 
 
 def _credential_key(config: DataverseConnectionConfig) -> tuple[str, ...]:
-    # The secret enters the key only as a digest, so the registry never holds it in clear twice.
+    # The secret enters the key only as a digest, so the registry keeps no second clear copy of it.
     secret_digest = hashlib.sha256(config.client_secret.encode("utf-8")).hexdigest()
     return (config.authority.lower(), config.client_id, secret_digest, str(config.verify))
 
@@ -88,7 +88,7 @@ def acquire_token(config: DataverseConnectionConfig, *, force_refresh: bool = Fa
 
     description = (result or {}).get("error_description") or "no error description"
     raise DataverseAuthenticationError(
-        f"the identity platform refused a token for client {config.client_id}: "
+        f"the identity platform rejected the token request for client {config.client_id}: "
         f"{(result or {}).get('error', 'unknown_error')}: {description.splitlines()[0]}",
         status_code=None,
         request=f"token request to {config.authority}",

@@ -22,6 +22,7 @@ from airflow_provider_pad.hooks.dataverse_api import (
     DataverseApi,
     DataverseConnectionError,
     Operation,
+    RetryPolicy,
     RunStarted,
     Sleep,
 )
@@ -49,6 +50,8 @@ class DataverseHook(BaseHook):
     :mod:`airflow_provider_pad.hooks.dataverse_api`.
 
     :param dataverse_conn_id: id of a connection of type ``dataverse``.
+    :param retry_policy: attempts and backoff for throttled, failed or unanswered requests;
+        five attempts with backoff from 1 to 30 seconds by default.
     """
 
     conn_name_attr = "dataverse_conn_id"
@@ -56,9 +59,16 @@ class DataverseHook(BaseHook):
     conn_type = "dataverse"
     hook_name = "Dataverse (Power Automate Desktop)"
 
-    def __init__(self, dataverse_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dataverse_conn_id: str = default_conn_name,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.dataverse_conn_id = dataverse_conn_id
+        self.retry_policy = retry_policy or RetryPolicy()
         self._config: DataverseConnectionConfig | None = None
         self._session: requests.Session | None = None
         self._async_client: httpx.AsyncClient | None = None
@@ -78,9 +88,8 @@ class DataverseHook(BaseHook):
             self._config = DataverseConnectionConfig.from_connection(connection)
         return self._config
 
-    @staticmethod
-    def _api(config: DataverseConnectionConfig) -> DataverseApi:
-        return DataverseApi(config.environment_url, config.api_version)
+    def _api(self, config: DataverseConnectionConfig) -> DataverseApi:
+        return DataverseApi(config.environment_url, config.api_version, self.retry_policy)
 
     # Synchronous endpoints -----------------------------------------------------------------------
 
@@ -124,7 +133,7 @@ class DataverseHook(BaseHook):
     def get_environment_id(self) -> str:
         """Return the Power Platform environment id, from the ``environment_id`` extra or Dataverse.
 
-        The answer from Dataverse is cached per connection for the life of the process.
+        The value read from Dataverse is cached per connection for the life of the process.
         """
         config = self.get_config()
         if config.environment_id:
@@ -264,7 +273,7 @@ class DataverseHook(BaseHook):
     async def _asend(self, request: ApiRequest, config: DataverseConnectionConfig) -> ApiResponse:
         import httpx
 
-        # MSAL blocks, so it runs in a worker thread; it answers from its cache on most calls.
+        # MSAL blocks, so it runs in a worker thread. Most calls return a cached token.
         token = await asyncio.to_thread(acquire_token, config, force_refresh=request.refresh_token)
         if self._async_client is None:
             self._async_client = httpx.AsyncClient(

@@ -42,9 +42,6 @@ JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 DESKTOP_FLOW_CATEGORY = 6
 FLOWSESSION_COLUMNS = "statuscode,statecode,startedon,completedon,errorcode,errormessage"
 
-MAX_ATTEMPTS = 5
-BACKOFF_BASE_SECONDS = 1.0
-BACKOFF_MAX_SECONDS = 30.0
 ERROR_BODY_PREVIEW_CHARS = 300
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 
@@ -56,7 +53,7 @@ class ApiRequest:
     """One HTTP request to the environment; the transport adds the ``Authorization`` header.
 
     :param description: method and path for logs and errors, for example ``GET flowsessions(<id>)``.
-    :param idempotent: whether sending it twice is harmless, so a failure without an answer may be retried.
+    :param idempotent: whether sending it twice is harmless, so a request that got no response may be retried.
     :param refresh_token: ask the transport for a new token instead of a cached one.
     """
 
@@ -85,8 +82,30 @@ class Sleep:
     seconds: float
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry a request that failed in a way that may pass.
+
+    :param max_attempts: attempts in total, the first included.
+    :param backoff_base_seconds: the first backoff ceiling; it doubles with each attempt.
+    :param backoff_max_seconds: the highest backoff ceiling.
+    """
+
+    max_attempts: int = 5
+    backoff_base_seconds: float = 1.0
+    backoff_max_seconds: float = 30.0
+
+    def backoff_seconds(self, attempt: int) -> float:
+        """Capped exponential backoff with jitter for the given 1-based attempt."""
+        ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+DEFAULT_RETRY_POLICY = RetryPolicy()
+
+
 class DataverseConnectionError(DataverseApiError):
-    """The request got no HTTP answer: connection refused or reset, TLS failure, or a timeout."""
+    """The request got no HTTP response: connection refused or reset, TLS failure, or a timeout."""
 
     def __init__(self, message: str, *, request: str = ""):
         super().__init__(message, status_code=None, request=request)
@@ -97,7 +116,7 @@ Operation = Generator["ApiRequest | Sleep", "ApiResponse | None", T]
 
 @dataclass(frozen=True)
 class RunStarted:
-    """The answer of RunDesktopFlow: the new run's flowsession id and Dataverse's license check."""
+    """The response of RunDesktopFlow: the new run's flowsession id and Dataverse's license check."""
 
     flow_session_id: str
     license_code: str | None = None
@@ -105,15 +124,17 @@ class RunStarted:
 
 
 class DataverseApi:
-    """Builds the requests of one environment and parses their answers.
+    """Builds the requests of one environment and parses their responses.
 
     :param environment_url: origin of the environment, for example ``https://contoso.crm.dynamics.com``.
     :param api_version: Web API version, for example ``v9.2``.
+    :param retry_policy: attempts and backoff for throttled, failed or unanswered requests.
     """
 
-    def __init__(self, environment_url: str, api_version: str):
+    def __init__(self, environment_url: str, api_version: str, retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY):
         self.environment_url = environment_url.rstrip("/")
         self.api_root = f"{self.environment_url}/api/data/{api_version}/"
+        self.retry_policy = retry_policy
 
     # Endpoints -----------------------------------------------------------------------------------
 
@@ -150,7 +171,7 @@ class DataverseApi:
         return document.get("schema") or {}
 
     def run_desktop_flow(self, flow_id: str, body: dict[str, Any]) -> Operation[RunStarted]:
-        """Start a run. The request is not idempotent: a lost answer is never blindly resent."""
+        """Start a run. The request is not idempotent: a lost response is never blindly resent."""
         flow_id = check_guid(flow_id, "flow_id")
         request = ApiRequest(
             "POST",
@@ -160,15 +181,15 @@ class DataverseApi:
             body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
             idempotent=False,
         )
-        answer = parse_json_object((yield from self.exchange(request)), request)
-        flow_session_id = answer.get("flowsessionId") or answer.get("flowsessionid")
+        document = parse_json_object((yield from self.exchange(request)), request)
+        flow_session_id = document.get("flowsessionId") or document.get("flowsessionid")
         if not flow_session_id:
             raise DataverseApiError(
-                f"the answer has no flowsessionId: {preview_body(json.dumps(answer).encode())}",
+                f"the response has no flowsessionId: {preview_body(json.dumps(document).encode())}",
                 status_code=200,
                 request=request.description,
             )
-        license_check = answer.get("licenseCheck") or {}
+        license_check = document.get("licenseCheck") or {}
         return RunStarted(
             flow_session_id=str(flow_session_id),
             license_code=license_check.get("code"),
@@ -226,8 +247,8 @@ class DataverseApi:
             ),
             "GET RetrieveCurrentOrganization",
         )
-        answer = parse_json_object((yield from self.exchange(request)), request)
-        return answer.get("Detail") or {}
+        document = parse_json_object((yield from self.exchange(request)), request)
+        return document.get("Detail") or {}
 
     # The exchange loop ---------------------------------------------------------------------------
 
@@ -235,22 +256,23 @@ class DataverseApi:
         """Send one request, retrying what is safe to retry, and return a successful response.
 
         A 401 is retried once with a fresh token. 429 waits ``Retry-After`` seconds (or backs off).
-        5xx answers and lost connections are retried with backoff, the latter only for idempotent
-        requests, because a POST that got no answer may have taken effect.
+        5xx responses and lost connections are retried with backoff, the latter only for idempotent
+        requests, because a POST that got no response may have taken effect.
         """
         self.check_same_origin(request.url)
+        policy = self.retry_policy
         refreshed = False
         attempt = 1
         while True:
             try:
                 response = yield request
             except DataverseConnectionError as error:
-                if not request.idempotent or attempt >= MAX_ATTEMPTS:
+                if not request.idempotent or attempt >= policy.max_attempts:
                     raise
-                delay = backoff_seconds(attempt)
+                delay = policy.backoff_seconds(attempt)
                 log.warning(
-                    "%s got no answer (attempt %d of %d): %s. Retrying in %.1f s.",
-                    request.description, attempt, MAX_ATTEMPTS, error.error_message, delay,
+                    "%s got no response (attempt %d of %d): %s. Retrying in %.1f s.",
+                    request.description, attempt, policy.max_attempts, error.error_message, delay,
                 )
                 yield Sleep(delay)
                 attempt += 1
@@ -261,7 +283,7 @@ class DataverseApi:
                 return response
 
             if response.status_code == 401 and not refreshed:
-                log.info("%s answered HTTP 401; retrying once with a new access token.", request.description)
+                log.info("%s returned HTTP 401. Retrying once with a new access token.", request.description)
                 refreshed = True
                 request = _with_token_refresh(request)
                 continue
@@ -270,15 +292,15 @@ class DataverseApi:
             retryable = isinstance(error, DataverseThrottledError) or (
                 response.status_code in RETRYABLE_STATUSES and request.idempotent
             )
-            if not retryable or attempt >= MAX_ATTEMPTS:
+            if not retryable or attempt >= policy.max_attempts:
                 raise error
 
-            delay = backoff_seconds(attempt)
+            delay = policy.backoff_seconds(attempt)
             if isinstance(error, DataverseThrottledError) and error.retry_after_seconds is not None:
                 delay = error.retry_after_seconds
             log.warning(
-                "%s answered HTTP %d (attempt %d of %d). Retrying in %.1f s.",
-                request.description, response.status_code, attempt, MAX_ATTEMPTS, delay,
+                "%s returned HTTP %d (attempt %d of %d). Retrying in %.1f s.",
+                request.description, response.status_code, attempt, policy.max_attempts, delay,
             )
             yield Sleep(delay)
             attempt += 1
@@ -339,12 +361,6 @@ def check_guid(value: str, argument: str) -> str:
         ) from None
 
 
-def backoff_seconds(attempt: int) -> float:
-    """Capped exponential backoff with full jitter for the given 1-based attempt."""
-    ceiling = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
-    return random.uniform(ceiling / 2, ceiling)
-
-
 def parse_retry_after(value: str | None) -> float | None:
     """Read a ``Retry-After`` header given in seconds; Dataverse does not send HTTP dates."""
     if not value:
@@ -369,7 +385,7 @@ def parse_json_object(response: ApiResponse, request: ApiRequest) -> dict[str, A
         document = decode_json(response.content)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise DataverseApiError(
-            f"the answer is not JSON: {preview_body(response.content)}",
+            f"the response is not JSON: {preview_body(response.content)}",
             status_code=response.status_code,
             request=request.description,
         ) from None
@@ -388,7 +404,7 @@ def parse_outputs(response: ApiResponse, request: ApiRequest) -> dict[str, Any]:
     """Return a run's outputs as a dict.
 
     Accepts an empty body (no outputs), a byte-order mark, and an object serialized twice (a JSON
-    string that holds the object). Values inside the object are returned as they are.
+    string that contains the object). Values inside the object are returned as they are.
     """
     try:
         document = decode_json(response.content)

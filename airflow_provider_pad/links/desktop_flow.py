@@ -1,7 +1,7 @@
 """Operator extra links from a task to its desktop flow and run in the Power Automate portal.
 
-The operator stores each URL in XCom under the link's ``xcom_key`` when the run starts, so the links
-work while the task is still waiting; the Airflow 3 API server reads them from there.
+The operator stores each URL in XCom under the link's ``xcom_key`` when the run starts. The Airflow 3
+API server reads the links from there, so they work while the task is still waiting.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from airflow_provider_pad.exceptions import (
     DesktopFlowConfigurationError,
 )
 from airflow_provider_pad.hooks.dataverse_api import (
-    MAX_ATTEMPTS,
+    DEFAULT_RETRY_POLICY,
     ApiRequest,
     ApiResponse,
     DataverseApi,
@@ -162,7 +162,7 @@ def test_get_retried_after_5xx_and_lost_answer(api):
 
 def test_get_gives_up_after_max_attempts(api):
     with pytest.raises(DataverseApiError, match="HTTP 500"):
-        drive(api.get_flow_session(SESSION_ID), [respond(500)] * MAX_ATTEMPTS)
+        drive(api.get_flow_session(SESSION_ID), [respond(500)] * DEFAULT_RETRY_POLICY.max_attempts)
 
 
 def test_401_retried_once_with_fresh_token(api):

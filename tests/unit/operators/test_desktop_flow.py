@@ -1,0 +1,258 @@
+"""RunDesktopFlowOperator against the emulator: synchronous and deferrable paths, errors and kills."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from airflow.sdk.exceptions import TaskDeferred
+
+from airflow_provider_pad.emulator import EmulatedFlow
+from airflow_provider_pad.exceptions import (
+    DesktopFlowConfigurationError,
+    DesktopFlowInputsError,
+    DesktopFlowRunCancelledError,
+    DesktopFlowRunError,
+    DesktopFlowRunTimeoutError,
+)
+from airflow_provider_pad.operators.desktop_flow import RunDesktopFlowOperator
+from airflow_provider_pad.triggers.desktop_flow import DesktopFlowRunTrigger
+from tests.unit.helpers import collect_events, flow_id_named, make_context
+
+BASE_ARGUMENTS = {"task_id": "run_flow", "connection_name": "machine-group", "check_interval": 0.1}
+
+
+def make_operator(**arguments) -> RunDesktopFlowOperator:
+    merged = {**BASE_ARGUMENTS, **arguments}
+    if "flow_id" not in merged and "flow_name" not in merged:
+        merged["flow_name"] = "Desktop flow 1"
+    return RunDesktopFlowOperator(**merged)
+
+
+def add_slow_flow(emulator, **overrides) -> EmulatedFlow:
+    flow = EmulatedFlow(name="Slow flow", inputs_schema={}, outputs_schema={}, queue_seconds=0.1, run_seconds=60, **overrides)
+    emulator.add_flow(flow)
+    return flow
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        ({"flow_id": "x", "flow_name": "y"}, "exactly one of flow_id and flow_name"),
+        ({"flow_id": None, "flow_name": None, "connection_name": "c"}, "exactly one of flow_id and flow_name"),
+        ({"connection_reference": "ref"}, "exactly one of connection_name"),
+        ({"connection_name": None}, "exactly one of connection_name"),
+        ({"run_mode": "Unattended"}, "run_mode must be one of"),
+        ({"run_priority": "urgent"}, "run_priority must be one of"),
+        ({"run_timeout": 0}, "run_timeout must be a whole number"),
+        ({"run_timeout": 86401}, "run_timeout must be a whole number"),
+        ({"run_timeout": "60"}, "run_timeout must be a whole number"),
+        ({"check_interval": 0}, "check_interval must be a positive number"),
+        ({"timeout": -1}, "timeout must be a positive number"),
+    ],
+    ids=[
+        "both-flow-arguments", "no-flow-argument", "both-connection-arguments", "no-connection-argument",
+        "run-mode-case", "run-priority", "run-timeout-zero", "run-timeout-too-long", "run-timeout-string",
+        "check-interval-zero", "negative-timeout",
+    ],
+)
+def test_invalid_arguments_rejected_at_construction(arguments, fragment):
+    merged = {"task_id": "t", "flow_name": "f", "connection_name": "c", **arguments}
+    merged = {key: value for key, value in merged.items() if value is not None}
+
+    with pytest.raises(DesktopFlowConfigurationError, match=fragment):
+        RunDesktopFlowOperator(**merged)
+
+
+def test_sync_run_returns_outputs(dataverse):
+    context = make_context()
+    operator = make_operator(inputs={"inputText": "abc", "inputInteger": 4})
+
+    outputs = operator.execute(context)
+
+    assert outputs == {"outputText": "ABC", "outputInteger": 8}
+    assert context["ti"].xcom["flow_session_id"] == operator.flow_session_id
+    assert dataverse.count("run") == 1
+    assert dataverse.count("cancel") == 0
+
+
+def test_portal_links_stored(dataverse):
+    context = make_context()
+    operator = make_operator(flow_id=flow_id_named(dataverse, "Desktop flow 1"), wait_for_termination=False)
+
+    operator.execute(context)
+
+    run_link = context["ti"].xcom["_link_DesktopFlowRunLink"]
+    flow_link = context["ti"].xcom["_link_DesktopFlowLink"]
+    assert run_link.startswith("https://make.powerautomate.com/environments/")
+    assert run_link.endswith(f"/runs/{operator.flow_session_id}")
+    assert flow_link.endswith(f"/uiflows/{flow_id_named(dataverse, 'Desktop flow 1')}/details")
+
+
+def test_inputs_json_string_accepted(dataverse):
+    outputs = make_operator(inputs='{"inputText": "x", "inputInteger": 1}').execute(make_context())
+
+    assert outputs == {"outputText": "X", "outputInteger": 2}
+
+
+def test_no_wait_returns_none(dataverse):
+    operator = make_operator(wait_for_termination=False)
+
+    assert operator.execute(make_context()) is None
+    assert dataverse.count("get_session") == 0
+
+
+def test_connection_reference_sends_type_2(dataverse):
+    operator = make_operator(connection_name=None, connection_reference="new_sharedpad_ref", wait_for_termination=False)
+
+    operator.execute(make_context())
+
+    session = dataverse.sessions[operator.flow_session_id]
+    assert session.connection_type == 2
+    assert session.connection_name == "new_sharedpad_ref"
+
+
+def test_failed_run_raises_with_errorcode(dataverse):
+    with pytest.raises(DesktopFlowRunError) as caught:
+        make_operator(flow_name="Failing desktop flow").execute(make_context())
+
+    message = str(caught.value)
+    assert "Failed (statuscode 8)" in message
+    assert "NoCandidateMachine" in message
+    assert caught.value.flow_session_id in message
+    assert not isinstance(caught.value, DesktopFlowRunCancelledError)
+
+
+def test_cancelled_run_is_distinguishable(dataverse):
+    dataverse.add_flow(EmulatedFlow(name="Cancelled flow", inputs_schema={}, outputs_schema={}, outcome=7))
+
+    with pytest.raises(DesktopFlowRunCancelledError, match="Cancelled"):
+        make_operator(flow_name="Cancelled flow").execute(make_context())
+
+
+def test_unknown_status_fails(dataverse):
+    add_slow_flow(dataverse)
+    operator = make_operator(flow_name="Slow flow", wait_for_termination=False)
+    operator.execute(make_context())
+    dataverse.set_session_status(operator.flow_session_id, 99)
+
+    with pytest.raises(DesktopFlowRunError, match="unknown status 99"):
+        operator._wait(time.time() + 5)
+
+
+def test_timeout_cancels_run(dataverse):
+    add_slow_flow(dataverse)
+
+    with pytest.raises(DesktopFlowRunTimeoutError, match="A cancel request was sent"):
+        make_operator(flow_name="Slow flow", timeout=0.5).execute(make_context())
+
+    assert dataverse.count("cancel") == 1
+
+
+def test_timeout_without_cancel(dataverse):
+    add_slow_flow(dataverse)
+
+    with pytest.raises(DesktopFlowRunTimeoutError, match="left running"):
+        make_operator(flow_name="Slow flow", timeout=0.5, cancel_on_kill=False).execute(make_context())
+
+    assert dataverse.count("cancel") == 0
+
+
+def test_on_kill_cancels_once(dataverse):
+    add_slow_flow(dataverse)
+    operator = make_operator(flow_name="Slow flow")
+    errors = []
+
+    def execute():
+        try:
+            operator.execute(make_context())
+        except Exception as error:
+            errors.append(error)
+
+    worker = threading.Thread(target=execute)
+    worker.start()
+    while operator.flow_session_id is None:
+        time.sleep(0.05)
+    operator.on_kill()
+    worker.join(10)
+
+    assert dataverse.count("cancel") == 1
+    assert isinstance(errors[0], DesktopFlowRunCancelledError)
+
+
+def test_on_kill_after_end_does_not_cancel(dataverse):
+    operator = make_operator()
+    operator.execute(make_context())
+
+    operator.on_kill()
+
+    assert dataverse.count("cancel") == 0
+
+
+def test_bad_inputs_rejected_before_any_request(dataverse):
+    operator = make_operator(inputs={"amount": object()})
+
+    with pytest.raises(DesktopFlowInputsError, match="inputs\\['amount'\\]"):
+        operator.execute(make_context())
+
+    assert dataverse.requests == []
+
+
+def test_invalid_flow_id_rejected_before_any_request(dataverse):
+    with pytest.raises(DesktopFlowConfigurationError, match="flow_id 'not-a-guid' is not a GUID"):
+        make_operator(flow_id="not-a-guid").execute(make_context())
+
+    assert dataverse.requests == []
+
+
+def test_deferrable_defers_then_returns_outputs(dataverse):
+    operator = make_operator(deferrable=True, inputs={"inputText": "de", "inputInteger": 5})
+
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(make_context())
+    trigger = deferred.value.trigger
+    events = collect_events(trigger)
+    fresh_operator = make_operator(deferrable=True)
+    outputs = fresh_operator.execute_complete(make_context(), events[0])
+
+    assert isinstance(trigger, DesktopFlowRunTrigger)
+    assert deferred.value.method_name == "execute_complete"
+    assert outputs == {"outputText": "DE", "outputInteger": 10}
+    assert fresh_operator.execute_complete(make_context(), events[0]) == outputs
+    assert dataverse.count("run") == 1
+
+
+def test_deferrable_skips_deferral_for_ended_run(dataverse):
+    dataverse.add_flow(
+        EmulatedFlow(name="Instant flow", inputs_schema={}, outputs_schema={}, queue_seconds=0, run_seconds=0,
+                     outputs=lambda inputs: {"done": True})
+    )
+
+    outputs = make_operator(flow_name="Instant flow", deferrable=True).execute(make_context())
+
+    assert outputs == {"done": True}
+
+
+def test_deferred_failure_raises_from_event(dataverse):
+    operator = make_operator(flow_name="Failing desktop flow", deferrable=True)
+
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(make_context())
+    event = collect_events(deferred.value.trigger)[0]
+
+    with pytest.raises(DesktopFlowRunError, match="NoCandidateMachine"):
+        make_operator(deferrable=True).execute_complete(make_context(), event)
+
+
+def test_deferred_timeout_raises_from_event(dataverse):
+    add_slow_flow(dataverse)
+    operator = make_operator(flow_name="Slow flow", deferrable=True, timeout=0.5)
+
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(make_context())
+    event = collect_events(deferred.value.trigger)[0]
+
+    with pytest.raises(DesktopFlowRunTimeoutError, match="A cancel request was sent"):
+        make_operator(deferrable=True).execute_complete(make_context(), event)
+    assert dataverse.count("cancel") == 1

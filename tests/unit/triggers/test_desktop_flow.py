@@ -1,0 +1,172 @@
+"""DesktopFlowRunTrigger against the emulator: events, deadlines, kills and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from airflow_provider_pad.emulator import EmulatedFlow, Fault
+from airflow_provider_pad.hooks.dataverse import DataverseHook
+from airflow_provider_pad.hooks.dataverse_api import build_run_body
+from airflow_provider_pad.triggers.desktop_flow import DesktopFlowRunTrigger
+from tests.unit.helpers import collect_events, flow_id_named
+
+EVENT_KEYS = {"status", "flow_session_id", "statuscode", "status_label", "errorcode", "errormessage", "message", "cancelled"}
+
+
+def start_run(emulator, flow_name: str, inputs: dict | None = None) -> str:
+    body = build_run_body(
+        connection_name="machine-group",
+        connection_type=1,
+        run_mode="unattended",
+        run_priority="normal",
+        inputs_json=json.dumps(inputs) if inputs else None,
+        run_timeout_seconds=None,
+        callback_url=None,
+    )
+    return DataverseHook().run_desktop_flow(flow_id_named(emulator, flow_name), body).flow_session_id
+
+
+def make_trigger(flow_session_id: str, *, seconds: float = 30, **overrides) -> DesktopFlowRunTrigger:
+    arguments = {
+        "flow_session_id": flow_session_id,
+        "dataverse_conn_id": "dataverse_default",
+        "check_interval": 0.1,
+        "deadline": time.time() + seconds,
+        "cancel_on_kill": True,
+        **overrides,
+    }
+    return DesktopFlowRunTrigger(**arguments)
+
+
+def add_slow_flow(emulator) -> None:
+    emulator.add_flow(EmulatedFlow(name="Slow flow", inputs_schema={}, outputs_schema={}, queue_seconds=0.1, run_seconds=60))
+
+
+def test_serialize_round_trip():
+    trigger = make_trigger("d9687093-d0c0-ec11-983e-0022480b428a", cancel_on_kill=False)
+
+    classpath, kwargs = trigger.serialize()
+    rebuilt = DesktopFlowRunTrigger(**kwargs)
+
+    assert classpath == "airflow_provider_pad.triggers.desktop_flow.DesktopFlowRunTrigger"
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert json.loads(json.dumps(kwargs)) == kwargs
+
+
+def test_success_event(dataverse):
+    flow_session_id = start_run(dataverse, "Desktop flow 1")
+
+    events = collect_events(make_trigger(flow_session_id))
+
+    assert len(events) == 1
+    assert set(events[0]) == EVENT_KEYS
+    assert events[0]["status"] == "success"
+    assert events[0]["statuscode"] == 4
+    assert events[0]["flow_session_id"] == flow_session_id
+
+
+def test_failed_event_carries_error_fields(dataverse):
+    flow_session_id = start_run(dataverse, "Failing desktop flow")
+
+    event = collect_events(make_trigger(flow_session_id))[0]
+
+    assert event["status"] == "failed"
+    assert event["status_label"] == "Failed"
+    assert event["errorcode"] == "NoCandidateMachine"
+    assert event["errormessage"]
+
+
+def test_cancelled_event(dataverse):
+    add_slow_flow(dataverse)
+    flow_session_id = start_run(dataverse, "Slow flow")
+    DataverseHook().cancel_run(flow_session_id)
+
+    assert collect_events(make_trigger(flow_session_id))[0]["status"] == "cancelled"
+
+
+def test_deadline_cancels_and_times_out(dataverse):
+    add_slow_flow(dataverse)
+    flow_session_id = start_run(dataverse, "Slow flow")
+
+    event = collect_events(make_trigger(flow_session_id, seconds=0.5))[0]
+
+    assert event["status"] == "timeout"
+    assert event["cancelled"] is True
+    assert event["status_label"] in ("Waiting", "Running")
+    assert dataverse.count("cancel") == 1
+
+
+def test_deadline_without_cancel(dataverse):
+    add_slow_flow(dataverse)
+    flow_session_id = start_run(dataverse, "Slow flow")
+
+    event = collect_events(make_trigger(flow_session_id, seconds=0.3, cancel_on_kill=False))[0]
+
+    assert event["status"] == "timeout"
+    assert event["cancelled"] is False
+    assert dataverse.count("cancel") == 0
+
+
+def test_run_ending_at_deadline_reports_real_result(dataverse):
+    flow_session_id = start_run(dataverse, "Desktop flow 1")
+    time.sleep(1.5)
+
+    event = collect_events(make_trigger(flow_session_id, seconds=-1))[0]
+
+    assert event["status"] == "success"
+    assert dataverse.count("cancel") == 0
+
+
+def test_permission_error_event(dataverse):
+    flow_session_id = start_run(dataverse, "Desktop flow 1")
+    dataverse.inject("get_session", Fault(status=403, body=json.dumps(
+        {"error": {"code": "0x80040220", "message": "Principal user is missing prvReadflowsession privilege"}})))
+
+    event = collect_events(make_trigger(flow_session_id))[0]
+
+    assert event["status"] == "error"
+    assert "prvReadflowsession" in event["message"]
+    assert dataverse.count("get_session") == 1
+
+
+def test_on_kill_cancels_once(dataverse):
+    add_slow_flow(dataverse)
+    flow_session_id = start_run(dataverse, "Slow flow")
+    trigger = make_trigger(flow_session_id)
+
+    async def kill_while_watching():
+        watcher = asyncio.create_task(anext(aiter(trigger.run())))
+        await asyncio.sleep(0.3)
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
+        await trigger.on_kill()
+        await trigger.cleanup()
+
+    asyncio.run(kill_while_watching())
+
+    assert dataverse.count("cancel") == 1
+
+
+def test_restart_resumes_without_cancel(dataverse):
+    flow_session_id = start_run(dataverse, "Desktop flow 1")
+    first = make_trigger(flow_session_id)
+
+    async def stop_first_trigger():
+        watcher = asyncio.create_task(anext(aiter(first.run())))
+        await asyncio.sleep(0.2)
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
+        await first.cleanup()
+
+    asyncio.run(stop_first_trigger())
+    _, kwargs = first.serialize()
+    event = collect_events(DesktopFlowRunTrigger(**kwargs))[0]
+
+    assert event["status"] == "success"
+    assert dataverse.count("cancel") == 0
