@@ -44,5 +44,5 @@ airflow dags test "$dag_id" "$@" 2>&1 | tee "$work/dags-test.log"
 
 echo
 echo "Summary:"
-grep -E "Desktop flow outputs|Started desktop flow run|succeeded with outputs|ended with status" "$work/dags-test.log" | sed -E 's/^.*(Desktop flow|Started desktop)/\1/' || true
+grep -E "Desktop flow outputs|Started desktop flow run|succeeded with outputs|ended with status" "$work/dags-test.log" | sed -E -e 's/^.*(Desktop flow|Started desktop)/\1/' -e 's/ +\[airflow[^]]*\].*$//' || true
 grep -q "Desktop flow outputs" "$work/dags-test.log"

@@ -2,7 +2,7 @@
 The emulator's ASGI application: route requests, check tokens, apply scripted faults, and log each request.
 
 The admin routes under ``/_emulator/`` let a test that runs the emulator in another process
-read and reset the request log; they need no token and are not logged.
+read and reset the request log. They need no token and are not logged.
 """
 
 from __future__ import annotations
@@ -62,55 +62,40 @@ class Route:
 
 
 def build_routes(identity_platform: IdentityPlatform, web_api: DataverseApi) -> list[Route]:
-    """List the emulator's routes; named groups in a pattern become the handler's keyword arguments."""
-    entity = r"\((?P<key>[^()/]*)\)"
-    api = re.escape(WEB_API_PREFIX)
-    return [
-        Route(
+    """List the emulator's routes. Named groups in a pattern become the handler's keyword arguments."""
+    key = r"\((?P<key>[^()/]*)\)"
+    tenant = r"/(?P<tenant>[^/]+)"
+    identity_routes = [
+        ("GET", rf"{tenant}/v2\.0/\.well-known/openid-configuration", "openid", identity_platform.openid_configuration),
+        ("POST", rf"{tenant}/oauth2/v2\.0/token", "token", identity_platform.token),
+    ]
+    # Paths below are relative to WEB_API_PREFIX.
+    web_api_routes = [
+        ("GET", r"workflows", "list_workflows", web_api.list_workflows),
+        ("GET", rf"workflows{key}", "get_workflow", web_api.get_workflow),
+        ("GET", rf"workflows{key}/inputs/\$value", "input_schema", web_api.input_schema),
+        ("GET", rf"workflows{key}/outputs/\$value", "output_schema", web_api.output_schema),
+        ("POST", rf"workflows{key}/Microsoft\.Dynamics\.CRM\.RunDesktopFlow", "run", web_api.run),
+        ("GET", rf"flowsessions{key}", "get_session", web_api.get_session),
+        ("GET", rf"flowsessions{key}/outputs/\$value", "session_outputs", web_api.session_outputs),
+        ("POST", rf"flowsessions{key}/Microsoft\.Dynamics\.CRM\.CancelDesktopFlowRun", "cancel", web_api.cancel),
+        ("GET", r"WhoAmI(?:\(\))?", "whoami", web_api.whoami),
+        (
             "GET",
-            re.compile(r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration"),
-            "openid",
-            identity_platform.openid_configuration,
-            needs_token=False,
-        ),
-        Route("POST", re.compile(r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token"), "token", identity_platform.token, False),
-        Route("GET", re.compile(api + "workflows"), "list_workflows", web_api.list_workflows, True),
-        Route("GET", re.compile(api + "workflows" + entity), "get_workflow", web_api.get_workflow, True),
-        Route("GET", re.compile(api + "workflows" + entity + r"/inputs/\$value"), "input_schema", web_api.input_schema, True),
-        Route(
-            "GET", re.compile(api + "workflows" + entity + r"/outputs/\$value"), "output_schema", web_api.output_schema, True
-        ),
-        Route(
-            "POST",
-            re.compile(api + "workflows" + entity + r"/Microsoft\.Dynamics\.CRM\.RunDesktopFlow"),
-            "run",
-            web_api.run,
-            True,
-        ),
-        Route("GET", re.compile(api + "flowsessions" + entity), "get_session", web_api.get_session, True),
-        Route(
-            "GET",
-            re.compile(api + "flowsessions" + entity + r"/outputs/\$value"),
-            "session_outputs",
-            web_api.session_outputs,
-            True,
-        ),
-        Route(
-            "POST",
-            re.compile(api + "flowsessions" + entity + r"/Microsoft\.Dynamics\.CRM\.CancelDesktopFlowRun"),
-            "cancel",
-            web_api.cancel,
-            True,
-        ),
-        Route("GET", re.compile(api + r"WhoAmI(?:\(\))?"), "whoami", web_api.whoami, True),
-        Route(
-            "GET",
-            re.compile(api + r"RetrieveCurrentOrganization\((?P<arguments>[^()]*)\)"),
+            r"RetrieveCurrentOrganization\((?P<arguments>[^()]*)\)",
             "current_organization",
             web_api.current_organization,
-            True,
         ),
     ]
+    routes = [
+        Route(method, re.compile(pattern), endpoint, handler, needs_token=False)
+        for method, pattern, endpoint, handler in identity_routes
+    ]
+    routes += [
+        Route(method, re.compile(re.escape(WEB_API_PREFIX) + pattern), endpoint, handler, needs_token=True)
+        for method, pattern, endpoint, handler in web_api_routes
+    ]
+    return routes
 
 
 class EmulatorApp:
@@ -155,7 +140,7 @@ class EmulatorApp:
             response = self._fault_response(fault, endpoint)
 
         assert response is not None
-        # Record before answering, so that a client that reads the log after its answer finds the request.
+        # Record before responding, so that a client that reads the log after its response finds the request.
         self._record(request, response.status_code, endpoint, arrived_at, injected=fault is not None)
         await response(scope, receive, send)
 
@@ -167,7 +152,7 @@ class EmulatorApp:
         return None, {}
 
     async def _handle(self, request: Request, route: Route | None, arguments: dict[str, str]) -> Response:
-        """Answer a request normally: check the token, then run the route's handler."""
+        """Handle a request normally: check the token, then run the route's handler."""
         path = request.scope["path"]
         needs_token = route.needs_token if route is not None else path.startswith(WEB_API_PREFIX)
         if needs_token:
@@ -186,11 +171,11 @@ class EmulatorApp:
         except Exception:
             logger.exception("The emulator failed to handle %s %s.", request.method, path)
             return dataverse_error_response(
-                500, "0x80040216", "An unexpected error occurred in the Dataverse emulator; see its log."
+                500, "0x80040216", "An unexpected error occurred in the Dataverse emulator. Its log has the traceback."
             )
 
     def _check_token(self, request: Request) -> Response | None:
-        """Return a 401 answer unless the request carries a valid, unexpired bearer token."""
+        """Return a 401 response unless the request carries a valid, unexpired bearer token."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             message = "The request has no 'Authorization: Bearer <access token>' header."
@@ -198,14 +183,17 @@ class EmulatorApp:
             message = "The access token is expired or was not issued by this emulator. Request a new token."
         else:
             return None
-        challenge = f"Bearer authorization_uri={self._settings.authority}/oauth2/authorize, resource_id={self._settings.base_url}/"
+        challenge = (
+            f"Bearer authorization_uri={self._settings.authority}/oauth2/authorize, "
+            f"resource_id={self._settings.base_url}/"
+        )
         return dataverse_error_response(401, ACCESS_TOKEN_EXPIRED, message, {"WWW-Authenticate": challenge})
 
     def _not_found(self, request: Request) -> Response:
         path = request.scope["path"]
         url = self._settings.base_url + path
         if any(route.pattern.fullmatch(path) for route in self._routes):
-            # Dataverse answers a known resource asked with the wrong method like this, not with 405.
+            # Dataverse responds like this, not with 405, to a known resource requested with the wrong method.
             return dataverse_error_response(
                 404, NO_MATCHING_RESOURCE, f"No HTTP resource was found that matches the request URI '{url}'."
             )
@@ -219,7 +207,7 @@ class EmulatorApp:
         )
 
     def _fault_response(self, fault: Fault, endpoint: str | None) -> Response:
-        """Build the answer a fault scripts; without a body, a 4xx or 5xx gets the endpoint's usual error body."""
+        """Build the response a fault scripts. Without a body, a 4xx or 5xx gets the endpoint's usual error body."""
         if fault.body is not None:
             body = fault.body.encode("utf-8") if isinstance(fault.body, str) else fault.body
             return Response(body, status_code=fault.status, headers=fault.headers)
@@ -235,7 +223,7 @@ class EmulatorApp:
         return response
 
     async def _drop_connection(self, scope: Scope, receive: Receive) -> None:
-        """Close the client's connection without answering, then wait until uvicorn has seen it close."""
+        """Close the client's connection without a response, then wait until uvicorn has seen it close."""
         if not self._connections.abort(scope.get("client")):
             logger.warning("The connection of %s was not found, so it could not be dropped.", scope.get("client"))
             return
@@ -250,7 +238,9 @@ class EmulatorApp:
         except asyncio.TimeoutError:
             logger.warning("uvicorn did not report the dropped connection of %s as closed.", scope.get("client"))
 
-    def _record(self, request: Request, status: int, endpoint: str | None, arrived_at: float, *, injected: bool) -> None:
+    def _record(
+        self, request: Request, status: int, endpoint: str | None, arrived_at: float, *, injected: bool
+    ) -> None:
         path = request.scope["path"]
         query = request.scope["query_string"].decode("utf-8", errors="backslashreplace")
         self._state.record(RequestRecord(request.method, path, query, status, endpoint, arrived_at))

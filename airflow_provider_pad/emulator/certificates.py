@@ -36,7 +36,7 @@ def write_certificates(directory: Path, server_names: tuple[str, ...] = DEFAULT_
     :param directory: an existing directory that only the current user can read, because the
         server's private key is written there unencrypted.
     :param server_names: IP addresses and DNS names for the server certificate's
-        subjectAltName; each entry that parses as an IP address becomes an IP entry.
+        subjectAltName. Each entry that parses as an IP address becomes an IP entry.
     """
     now = datetime.datetime.now(datetime.timezone.utc)
     not_before = now - CLOCK_SKEW_ALLOWANCE

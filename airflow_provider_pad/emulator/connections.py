@@ -1,8 +1,8 @@
 """
-Track uvicorn's client connections so that a fault can close one without any HTTP answer.
+Track uvicorn's client connections so that a fault can close one without any HTTP response.
 
 ASGI gives an application no way to abort its connection: a handler that returns without
-answering makes uvicorn send a 500. The emulator therefore serves with a subclass of
+responding makes uvicorn send a 500. The emulator therefore serves with a subclass of
 uvicorn's h11 protocol that registers each connection's transport under the client address,
 which the ASGI scope also carries as ``scope["client"]``.
 """
@@ -33,7 +33,7 @@ class ConnectionRegistry:
             del self._transports[address]
 
     def abort(self, client: ClientAddress | list[object] | None) -> bool:
-        """Close the connection of ``client`` at once, without TLS close_notify; return whether it was found."""
+        """Close the connection of ``client`` at once, without TLS close_notify, and return whether it was found."""
         if client is None:
             return False
         transport = self._transports.get((str(client[0]), int(client[1])))  # type: ignore[call-overload]
@@ -54,6 +54,15 @@ def tracked_protocol_class(registry: ConnectionRegistry) -> type[H11Protocol]:
         def connection_lost(self, exc: Exception | None) -> None:
             registry.discard(self.transport)
             super().connection_lost(exc)
+
+        def shutdown(self) -> None:
+            # uvicorn closes an idle connection on stop with a TLS close_notify and then waits
+            # for the client's reply, which an idle pooled client never sends. Aborting ends
+            # the connection at once, so stop() does not wait for the graceful shutdown timeout.
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.abort()
+            else:
+                super().shutdown()
 
     return TrackedH11Protocol
 

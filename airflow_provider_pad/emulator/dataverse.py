@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any
@@ -11,16 +10,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from airflow_provider_pad.emulator.flows import (
-    DEFAULT_RUN_TIMEOUT_SECONDS,
     DESKTOP_FLOW_CATEGORY,
     POWER_AUTOMATE_DESKTOP_UIFLOWTYPE,
-    RUN_MODE_CODES,
     SESSION_COLUMNS,
     EmulatedFlow,
     FlowSession,
     SessionStatus,
     normalize_guid,
 )
+from airflow_provider_pad.emulator.identifiers import BUSINESS_UNIT_ID, ENVIRONMENT_ID, ORGANIZATION_ID, USER_ID
 from airflow_provider_pad.emulator.odata import (
     ColumnType,
     build_query_string,
@@ -38,29 +36,14 @@ from airflow_provider_pad.emulator.responses import (
     INVALID_ARGUMENT,
     OBJECT_DOES_NOT_EXIST,
     ODATA_REQUEST_ERROR,
-    PAYLOAD_ERROR,
     QUERY_SYNTAX_ERROR,
     DataverseError,
     dataverse_json_response,
 )
-from airflow_provider_pad.emulator.state import EmulatorSettings, EmulatorState, RunRequest, UnknownRecordError
+from airflow_provider_pad.emulator.run_request import parse_run_request
+from airflow_provider_pad.emulator.state import EmulatorSettings, EmulatorState, UnknownRecordError
 
 logger = logging.getLogger("airflow_provider_pad.emulator")
-
-# Fixed ids of the emulated organization and of the application user the tokens stand for.
-ORGANIZATION_ID = "00000000-0000-0000-0000-0000000000a1"
-ENVIRONMENT_ID = "00000000-0000-0000-0000-0000000000e1"
-BUSINESS_UNIT_ID = "00000000-0000-0000-0000-0000000000b1"
-USER_ID = "00000000-0000-0000-0000-0000000000d1"
-
-# NOTE: Microsoft documents the limit as "2 MB" without saying whether that is 10**6 or
-# 2**20 bytes; the emulator takes the larger reading, so it never rejects what Dataverse accepts.
-MAX_INPUTS_BYTES = 2 * 1024 * 1024
-MAX_RUN_TIMEOUT_SECONDS = 86400
-
-RUN_PARAMETERS = ("runMode", "runPriority", "connectionName", "connectionType", "timeout", "inputs", "callbackUrl")
-RUN_PRIORITIES = ("normal", "high")
-CONNECTION_TYPES = (1, 2)
 
 LICENSE_CHECK = {
     "code": "ValidLicenseCoverage",
@@ -86,7 +69,7 @@ _ACCESS_TYPE_PATTERN = re.compile(r"Microsoft\.Dynamics\.CRM\.EndpointAccessType
 
 
 class DataverseApi:
-    """Route handlers of the Web API under ``/api/data/v9.2/``; the caller has already checked the token."""
+    """Route handlers of the Web API under ``/api/data/v9.2/``. The caller has already checked the token."""
 
     def __init__(self, settings: EmulatorSettings, state: EmulatorState) -> None:
         self._settings = settings
@@ -200,13 +183,13 @@ class DataverseApi:
         Serve ``GET flowsessions(<id>)/outputs/$value``.
 
         The outputs file exists only once a run of a flow with outputs has succeeded. Before
-        that, and for runs that did not succeed or flows without outputs, the answer is
+        that, and for runs that did not succeed or flows without outputs, the response is
         200 with an empty body, the same as for a flow that writes no outputs.
         """
         session = self._find_session(key)
         if session.statuscode != SessionStatus.SUCCEEDED or session.outputs is None:
-            # NOTE: what Dataverse sends for an empty outputs file column is not documented;
-            # it may be 204 or 404 instead of an empty 200.
+            # NOTE: what Dataverse sends for an empty outputs file column is not documented.
+            # It may be 204 or 404 instead of an empty 200.
             return Response(b"", status_code=200, headers={"OData-Version": "4.0"})
         return dataverse_json_response(session.outputs)
 
@@ -231,7 +214,7 @@ class DataverseApi:
     # Connection test functions
 
     async def whoami(self, request: Request) -> Response:
-        """Serve ``GET WhoAmI``: the ids of the application user the token stands for."""
+        """Serve ``GET WhoAmI``: the ids of the application user the token represents."""
         body = {
             "@odata.context": f"{self._settings.web_api_url}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
             "BusinessUnitId": BUSINESS_UNIT_ID,
@@ -299,7 +282,7 @@ class DataverseApi:
                 raise DataverseError(
                     400,
                     ODATA_REQUEST_ERROR,
-                    f"The parameter alias '{value}' has no value; add {value}=... to the query string.",
+                    f"The parameter alias '{value}' has no value. Add {value}=... to the query string.",
                 )
             value = aliases[value]
         if _ACCESS_TYPE_PATTERN.fullmatch(value) is None:
@@ -328,161 +311,6 @@ class DataverseApi:
         return f"{self._settings.web_api_url}/$metadata#{entity_set}{columns}{suffix}"
 
 
-def parse_run_request(body: bytes) -> RunRequest:
-    """Validate a RunDesktopFlow request body; raise DataverseError (400) naming the first invalid parameter."""
-    payload = _parse_json_object(body)
-
-    unknown = [name for name in payload if name not in RUN_PARAMETERS]
-    if unknown:
-        raise DataverseError(
-            400,
-            ODATA_REQUEST_ERROR,
-            f"The parameter '{unknown[0]}' in the request payload is not a valid parameter for the operation "
-            f"'RunDesktopFlow'. Valid parameters: {', '.join(RUN_PARAMETERS)}.",
-        )
-
-    run_mode = payload.get("runMode")
-    if run_mode is None:
-        raise _invalid_parameter(
-            "The parameter 'runMode' is required: give 'attended' or 'unattended'.")
-    if not isinstance(run_mode, str) or run_mode not in RUN_MODE_CODES:
-        raise _invalid_parameter(
-            f"The parameter 'runMode' must be 'attended' or 'unattended', got {_json(run_mode)}."
-        )
-
-    run_priority = payload.get("runPriority")
-    if run_priority is None:
-        run_priority = "normal"
-    elif not isinstance(run_priority, str) or run_priority not in RUN_PRIORITIES:
-        raise _invalid_parameter(
-            f"The parameter 'runPriority' must be 'normal' or 'high', got {_json(run_priority)}."
-        )
-
-    connection_name = payload.get("connectionName")
-    if connection_name is None or connection_name == "":
-        raise _invalid_parameter(
-            "The parameter 'connectionName' is required: give the desktop flow connection's name, "
-            "or a connection reference's logical name with connectionType 2.",
-        )
-    if not isinstance(connection_name, str) or not connection_name.strip():
-        raise _invalid_parameter(
-            f"The parameter 'connectionName' must be a non-empty string, got {_json(connection_name)}.",
-        )
-
-    connection_type = payload.get("connectionType")
-    if connection_type is None:
-        connection_type = 1
-    elif not _is_integer(connection_type) or connection_type not in CONNECTION_TYPES:
-        raise _invalid_parameter(
-            "The parameter 'connectionType' must be 1 (connection) or 2 (connection reference), "
-            f"got {_json(connection_type)}.",
-        )
-
-    timeout = payload.get("timeout")
-    if timeout is None:
-        timeout = DEFAULT_RUN_TIMEOUT_SECONDS
-    elif not _is_integer(timeout) or not 1 <= timeout <= MAX_RUN_TIMEOUT_SECONDS:
-        raise _invalid_parameter(
-            f"The parameter 'timeout' must be an integer number of seconds from 1 to {MAX_RUN_TIMEOUT_SECONDS}, "
-            f"got {_json(timeout)}.",
-        )
-
-    inputs = _parse_inputs(payload.get("inputs"))
-
-    callback_url = payload.get("callbackUrl")
-    if callback_url is not None and not isinstance(callback_url, str):
-        raise _invalid_parameter(
-            f"The parameter 'callbackUrl' must be a string URL, got {_json(callback_url)}."
-        )
-
-    # NOTE: the emulator stores callbackUrl but never calls it. Dataverse would POST the
-    # final status there, and accepts only HTTPS URLs with a public DNS name.
-    return RunRequest(
-        run_mode=run_mode,
-        run_priority=run_priority,
-        connection_name=connection_name,
-        connection_type=connection_type,
-        timeout_seconds=timeout,
-        inputs=inputs,
-        callback_url=callback_url or None,
-    )
-
-
-def _parse_json_object(body: bytes) -> dict[str, Any]:
-    if not body.strip():
-        raise DataverseError(
-            400,
-            PAYLOAD_ERROR,
-            "The request body is empty; send a JSON object with at least runMode and connectionName.",
-        )
-    try:
-        payload = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataverseError(
-            400, PAYLOAD_ERROR, f"Error identified in Payload provided by the user: the body is not valid JSON ({error})."
-        ) from None
-    if not isinstance(payload, dict):
-        raise DataverseError(
-            400,
-            PAYLOAD_ERROR,
-            f"Error identified in Payload provided by the user: the body must be a JSON object, got {_json_type(payload)}.",
-        )
-    return payload
-
-
-def _parse_inputs(inputs: Any) -> dict[str, Any]:
-    """Read the ``inputs`` parameter: a string that holds a serialized JSON object, at most 2 MB."""
-    if inputs is None:
-        return {}
-    if not isinstance(inputs, str):
-        raise _invalid_parameter(
-            "The parameter 'inputs' must be a string holding a serialized JSON object, "
-            f'such as "{{\\"Input1\\":\\"Value\\"}}", got {_json_type(inputs)}.',
-        )
-    size = len(inputs.encode("utf-8"))
-    if size > MAX_INPUTS_BYTES:
-        raise _invalid_parameter(
-            f"The parameter 'inputs' is {size} bytes long, over the limit of {MAX_INPUTS_BYTES} bytes (2 MB).",
-        )
-    try:
-        parsed = json.loads(inputs)
-    except json.JSONDecodeError as error:
-        raise _invalid_parameter(
-            f"The parameter 'inputs' does not hold valid JSON ({error}).") from None
-    if not isinstance(parsed, dict):
-        raise _invalid_parameter(
-            f"The parameter 'inputs' must hold a JSON object, got {_json_type(parsed)}."
-        )
-    return parsed
-
-
-def _invalid_parameter(message: str) -> DataverseError:
-    return DataverseError(400, INVALID_ARGUMENT, message)
-
-
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _json(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a JSON object"
-    if isinstance(value, list):
-        return "a JSON array"
-    if isinstance(value, bool):
-        return "a JSON boolean"
-    if isinstance(value, (int, float)):
-        return "a JSON number"
-    if value is None:
-        return "null"
-    return "a JSON string"
-
-
 def _parse_key(key: str) -> str:
     """Read the GUID between the parentheses of ``entityset(<key>)``."""
     try:
@@ -505,7 +333,7 @@ def _workflow_row(flow: EmulatedFlow, version: int) -> dict[str, Any]:
         "category": flow.category,
         "type": WORKFLOW_DEFINITION_TYPE,
         "uiflowtype": POWER_AUTOMATE_DESKTOP_UIFLOWTYPE if flow.category == DESKTOP_FLOW_CATEGORY else None,
-        # A published (activated) workflow has statecode 1 and statuscode 2; a draft has 0 and 1.
+        # A published (activated) workflow has statecode 1 and statuscode 2, and a draft has 0 and 1.
         "statecode": 1 if flow.published else 0,
         "statuscode": 2 if flow.published else 1,
         "primaryentity": "none",

@@ -8,18 +8,19 @@ from dataclasses import dataclass, field
 @dataclass
 class Fault:
     """
-    One scripted answer to one request of an endpoint.
+    One scripted response to one request of an endpoint.
 
     :param status: HTTP status to send. The default, 500, is an unexpected server error.
     :param headers: response headers to send, such as ``{"Retry-After": "2"}`` for a 429.
-        The emulator adds none of its own except a ``Content-Type`` for a generated body.
+        For a generated body, the emulator adds ``Content-Type``, plus ``OData-Version`` on
+        Dataverse endpoints. It adds no other headers.
     :param body: response body to send. None sends an error body in the endpoint's own format
         (Dataverse or identity platform) when ``status`` is 400 or more, and an empty body otherwise.
         A given body is sent as it is, with no ``Content-Type`` unless ``headers`` has one.
-    :param delay_seconds: seconds to wait before answering or dropping the connection.
+    :param delay_seconds: seconds to wait before responding or dropping the connection.
     :param after_handling: if True, the request is first handled normally (a run is created,
-        a run is cancelled) and the fault then replaces the real answer.
-    :param drop: if True, close the connection without any HTTP answer; ``status``,
+        a run is cancelled) and the fault then replaces the real response.
+    :param drop: if True, close the connection without any HTTP response. ``status``,
         ``headers`` and ``body`` are then ignored, and the request log records status 0.
     """
 

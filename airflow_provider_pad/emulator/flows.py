@@ -55,7 +55,7 @@ class SessionStatus(enum.IntEnum):
     TERMINATED = 14
 
 
-# Codes after which the emulator sets ``completedon``; the run has ended.
+# Codes of a run that has ended, for which the emulator sets ``completedon``.
 ENDED_STATUSES = frozenset(
     {
         SessionStatus.SUCCEEDED,
@@ -76,7 +76,7 @@ CANCELLABLE_STATUSES = frozenset(
     {SessionStatus.PAUSED, SessionStatus.RUNNING, SessionStatus.WAITING, SessionStatus.SUSPENDED}
 )
 
-# The only codes whose ``statecode`` is 1 (Inactive); every other code has statecode 0.
+# The only codes whose ``statecode`` is 1 (Inactive). Every other code has statecode 0.
 INACTIVE_STATUSES = frozenset({SessionStatus.NOT_SPECIFIED, SessionStatus.DELETED, SessionStatus.TERMINATED})
 
 RUN_MODE_CODES = {"attended": 1, "unattended": 2}
@@ -131,7 +131,7 @@ class EmulatedFlow:
     ``outcome`` is the ``statuscode`` the run ends with. An in-progress code keeps the run in
     that state: 3 (Waiting) never leaves the queue, and 2 (Running), 1 (Paused) or
     6 (Suspended) stay there until the run's ``timeout`` ends it as 10 (TimedOut).
-    ``outputs`` computes the run's outputs from its inputs once the run has succeeded;
+    ``outputs`` computes the run's outputs from its inputs once the run has succeeded.
     None means that the flow writes no outputs file.
     ``queue_seconds`` and ``run_seconds`` of None take the emulator's defaults.
     """
@@ -235,7 +235,9 @@ class FlowSession:
         timed_out_at = started_at + self.timeout_seconds
         if self.timeout_seconds < self.run_seconds or (run_never_ends and now >= timed_out_at):
             message = f"The desktop flow run exceeded its timeout of {self.timeout_seconds} seconds and was stopped."
-            self._set_status(SessionStatus.TIMED_OUT, at=timed_out_at, errorcode=TIMEOUT_ERROR_CODE, errormessage=message)
+            self._set_status(
+                SessionStatus.TIMED_OUT, at=timed_out_at, errorcode=TIMEOUT_ERROR_CODE, errormessage=message
+            )
             return
 
         self._set_status(
@@ -246,7 +248,7 @@ class FlowSession:
         )
 
     def cancel(self, now: float) -> bool:
-        """Cancel a queued or running session at time ``now``; return False when it has already ended."""
+        """Cancel a queued or running session at time ``now``, and return False when it has already ended."""
         self.advance(now)
         if self.statuscode not in CANCELLABLE_STATUSES:
             return False
@@ -302,9 +304,11 @@ class FlowSession:
         try:
             self.outputs = dict(self.outputs_function(dict(self.inputs)))
         except Exception as error:
-            # The flow's outputs function is test code; report its bug as a failed run
-            # instead of a server error so that the test sees it in the session row.
-            logger.exception("The outputs function of flow %s raised for flow session %s.", self.workflow_id, self.flowsession_id)
+            # The flow's outputs function is test code, so its bug becomes a failed run that
+            # the test finds in the session row, not a server error.
+            logger.exception(
+                "The outputs function of flow %s raised for flow session %s.", self.workflow_id, self.flowsession_id
+            )
             self.statuscode = SessionStatus.FAILED
             self.errorcode = OUTPUTS_ERROR_CODE
             self.errormessage = f"The emulated flow's outputs function raised {type(error).__name__}: {error}"
@@ -365,7 +369,7 @@ def reverse_and_increment(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _as_number(value: Any) -> int | float:
-    """Read a flow input of type number; a missing or unreadable value counts as 0."""
+    """Read a flow input of type number. A missing or unreadable value counts as 0."""
     if isinstance(value, bool) or value is None:
         return 0
     if isinstance(value, (int, float)):

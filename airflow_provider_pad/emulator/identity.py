@@ -2,7 +2,7 @@
 The emulated Microsoft identity platform: OpenID Connect discovery and the OAuth 2.0 token endpoint.
 
 Only the client credentials grant with a client secret is served. Tokens are opaque random
-strings that the emulator keeps in memory; they are not JWTs and carry no claims.
+strings that the emulator keeps in memory. They are not JWTs and carry no claims.
 """
 
 from __future__ import annotations
@@ -19,15 +19,9 @@ from airflow_provider_pad.emulator.state import EmulatorSettings, EmulatorState
 
 IDENTITY_JSON_MEDIA_TYPE = "application/json; charset=utf-8"
 
-# Demo credentials of the emulator's single application registration. They open nothing
-# outside the emulator.
-DEFAULT_TENANT_ID = "00000000-0000-0000-0000-0000000000aa"
-DEFAULT_CLIENT_ID = "00000000-0000-0000-0000-0000000000c1"
-DEFAULT_CLIENT_SECRET = "dataverse-emulator-demo-secret"
-
 
 class IdentityError(Exception):
-    """An OAuth 2.0 error answer of the identity platform, with its AADSTS code."""
+    """An OAuth 2.0 error response of the identity platform, with its AADSTS code."""
 
     def __init__(self, status: int, error: str, aadsts_code: int, description: str) -> None:
         super().__init__(description)
@@ -40,7 +34,7 @@ class IdentityError(Exception):
 def identity_error_response(
     settings: EmulatorSettings, error: IdentityError, correlation_id: str | None = None
 ) -> Response:
-    """Answer with the identity platform's error JSON: error, AADSTS description, codes and ids."""
+    """Build a response with the identity platform's error JSON: error, AADSTS description, codes and ids."""
     trace_id = str(uuid.uuid4())
     correlation_id = correlation_id or str(uuid.uuid4())
     timestamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
@@ -63,7 +57,9 @@ def identity_error_response(
 def default_fault_error(status: int) -> IdentityError:
     """Return a plausible identity platform error for an injected fault with ``status``."""
     if status == 429 or status >= 500:
-        return IdentityError(status, "temporarily_unavailable", 90033, "A transient error has occurred. Please try again.")
+        return IdentityError(
+            status, "temporarily_unavailable", 90033, "A transient error has occurred. Please try again."
+        )
     return IdentityError(status, "invalid_request", 90013, "Invalid input received from the user.")
 
 
@@ -206,7 +202,7 @@ def _parse_form(body: bytes) -> dict[str, str]:
 
 
 def _unknown_tenant_error(tenant: str, error: str) -> IdentityError:
-    """Build AADSTS90002, which discovery reports as ``invalid_tenant`` and the token endpoint as ``invalid_request``."""
+    """Build AADSTS90002, which discovery reports as ``invalid_tenant`` and token requests as ``invalid_request``."""
     return IdentityError(
         400,
         error,

@@ -5,7 +5,7 @@ Parse the OData query options the emulator supports: ``$filter``, ``$select``, `
 The ``$filter`` grammar is a subset of OData 4.0: comparisons ``column eq literal`` and
 ``column ne literal`` joined by ``and``, ``or`` and ``not``, with parentheses. Literals are
 single-quoted strings (a quote inside is doubled), integers, GUIDs and ``null``. Anything else
-raises ODataQueryError, which the caller answers with 400.
+raises ODataQueryError, which the caller turns into a 400 response.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def parse_query_options(raw_query: bytes, allowed: Iterable[str]) -> dict[str, s
     Decode a raw query string into a map of option name to value.
 
     Percent-escapes are decoded as UTF-8 and ``+`` as a space, as clients encode query options.
-    Names starting with ``$`` must be in ``allowed``; other names, such as parameter aliases
+    Names starting with ``$`` must be in ``allowed``. Other names, such as parameter aliases
     (``@p1``), pass through.
     """
     try:
@@ -65,7 +65,7 @@ def parse_query_options(raw_query: bytes, allowed: Iterable[str]) -> dict[str, s
                 f"The query option '{name}' is not supported here by the Dataverse emulator. Supported: {supported}."
             )
         if name in options:
-            raise ODataQueryError(f"The query option '{name}' was specified more than once; specify it once.")
+            raise ODataQueryError(f"The query option '{name}' was specified more than once. Specify it once.")
         options[name] = value
     return options
 
@@ -128,7 +128,7 @@ def parse_max_page_size(prefer_values: Iterable[str]) -> int | None:
             value = value.strip().strip('"')
             if not value.isdigit() or int(value) == 0:
                 raise ODataQueryError(
-                    f"The Prefer header value 'odata.maxpagesize={value}' is invalid; give a positive integer."
+                    f"The Prefer header value 'odata.maxpagesize={value}' is invalid. Give a positive integer."
                 )
             return int(value)
     return None
@@ -140,13 +140,13 @@ def encode_skiptoken(page_number: int, offset: int) -> str:
 
 
 def decode_skiptoken(value: str | None) -> tuple[int, int]:
-    """Return ``(page_number, offset)`` from a ``$skiptoken`` value; no token is the first page."""
+    """Return ``(page_number, offset)`` from a ``$skiptoken`` value, or the first page for no token."""
     if value is None:
         return 1, 0
     match = _SKIPTOKEN_PATTERN.fullmatch(value)
     if match is None:
         raise ODataQueryError(
-            "The $skiptoken value is not a paging cookie from this emulator; follow @odata.nextLink unchanged."
+            "The $skiptoken value is not a paging cookie from this emulator. Follow @odata.nextLink unchanged."
         )
     return int(match["page"]), int(match["offset"])
 
@@ -203,7 +203,7 @@ _KEYWORD_LITERALS = {"null": (None, None), "true": (True, ColumnType.BOOLEAN), "
 
 
 def parse_filter(expression: str | None, columns: Mapping[str, ColumnType], entity: str) -> Predicate:
-    """Compile a ``$filter`` expression into a predicate over rows; no expression matches every row."""
+    """Compile a ``$filter`` expression into a predicate over rows. No expression matches every row."""
     if expression is None:
         return lambda row: True
     if not expression.strip():
@@ -250,7 +250,7 @@ def _tokenize(expression: str) -> list[_Token]:
 
 
 def _read_string(expression: str, start: int) -> tuple[_Token, int]:
-    """Read the string literal that opens at ``start``; a doubled quote inside stands for one quote."""
+    """Read the string literal that opens at ``start``, where a doubled quote is one quote character."""
     characters = []
     position = start + 1
     while position < len(expression):
@@ -315,8 +315,8 @@ class _FilterParser:
         column_token = self._expect(_TokenKind.NAME)
         if self._peek().kind is _TokenKind.OPEN:
             raise ODataQueryError(
-                f"The function '{column_token.text}' is not supported by the Dataverse emulator; "
-                "use eq or ne comparisons joined by and, or, not."
+                f"The function '{column_token.text}' is not supported by the Dataverse emulator. "
+                "Use eq or ne comparisons joined by and, or, not."
             )
         column = column_token.text
         if column not in self._columns:
@@ -325,7 +325,7 @@ class _FilterParser:
         operator_token = self._expect(_TokenKind.NAME)
         if operator_token.text in _UNSUPPORTED_OPERATORS:
             raise ODataQueryError(
-                f"The operator '{operator_token.text}' is not supported by the Dataverse emulator; use eq or ne."
+                f"The operator '{operator_token.text}' is not supported by the Dataverse emulator. Use eq or ne."
             )
         if operator_token.text not in _COMPARISON_OPERATORS:
             raise self._syntax_error(operator_token, "a comparison operator (eq or ne)")
@@ -388,7 +388,7 @@ class _FilterParser:
 
 
 def _values_equal(value: Any, literal: Any) -> bool:
-    """Compare a row value with a literal; strings compare case-insensitively, as Dataverse's collation does."""
+    """Compare a row value with a literal. Strings compare case-insensitively, as Dataverse's collation does."""
     if isinstance(value, str) and isinstance(literal, str):
         return value.casefold() == literal.casefold()
     return value == literal

@@ -41,7 +41,7 @@ _FAULT_ERRORS = {
 
 
 class DataverseError(Exception):
-    """An error that a route handler answers with a Dataverse error body."""
+    """An error that a route handler raises to respond with a Dataverse error body."""
 
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -60,7 +60,7 @@ def json_bytes(payload: Any) -> bytes:
 
 
 def dataverse_json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """Answer with ``payload`` as JSON, with the headers Dataverse sends on every answer."""
+    """Build a response with ``payload`` as JSON and the headers Dataverse sends on every response."""
     return Response(
         json_bytes(payload),
         status_code=status,
@@ -72,7 +72,7 @@ def dataverse_json_response(payload: Any, status: int = 200, headers: dict[str, 
 def dataverse_error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> Response:
-    """Answer with a Dataverse error body: ``{"error": {"code": ..., "message": ...}}``."""
+    """Build a response with a Dataverse error body: ``{"error": {"code": ..., "message": ...}}``."""
     return dataverse_json_response({"error": {"code": code, "message": message}}, status, headers)
 
 

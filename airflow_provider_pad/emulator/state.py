@@ -1,4 +1,4 @@
-"""State the emulator shares between uvicorn's thread and the caller's: flows, runs, tokens, faults and the request log."""
+"""The emulator's shared state: flows, runs, tokens, faults and the request log, used from two threads."""
 
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ ENDPOINT_NAMES = frozenset(
 
 # Each access token is this many random bytes, URL-safe base64 encoded.
 ACCESS_TOKEN_BYTES = 48
+
+# Row version of the first flow added, for its @odata.etag. Later flows count up from it.
+FIRST_ROW_VERSION = 1000001
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ class RunRequest:
     callback_url: str | None
 
 
-class UnknownRecordError(LookupError):
+class UnknownRecordError(KeyError):
     """No flow or flow session has the requested id."""
 
 
@@ -102,15 +105,15 @@ class EmulatorState:
     The emulator's mutable state, guarded by one lock.
 
     Route handlers run in uvicorn's event loop thread while tests read from their own thread.
-    Every method takes the lock, never awaits while holding it, and returns copies, so that
-    callers never see a half-made change.
+    Every method takes the lock and returns copies of the sessions and lists it reads, so that
+    callers never see a half-made change. Flows are returned as the live objects.
     """
 
     def __init__(self, flows: list[EmulatedFlow]) -> None:
         self._lock = threading.Lock()
         self._flows: dict[str, EmulatedFlow] = {}
         self._flow_versions: dict[str, int] = {}
-        self._next_version = 1000001
+        self._next_version = FIRST_ROW_VERSION
         self._sessions: dict[str, FlowSession] = {}
         self._token_expiry: dict[str, float] = {}
         self._faults: dict[str, deque[Fault]] = {}
@@ -184,7 +187,7 @@ class EmulatorState:
             return {flowsession_id: copy.deepcopy(session) for flowsession_id, session in self._sessions.items()}
 
     def cancel_session(self, flowsession_id: str) -> tuple[bool, FlowSession]:
-        """Cancel a queued or running session; return whether it was cancelled, and a copy of it."""
+        """Cancel a queued or running session, and return whether it was cancelled and a copy of it."""
         with self._lock:
             session = self._find_session(flowsession_id)
             cancelled = session.cancel(time.time())

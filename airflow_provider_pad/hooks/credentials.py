@@ -52,13 +52,29 @@ def get_client_application(config: DataverseConnectionConfig) -> tuple[msal.Conf
                 config.client_id,
                 client_credential=config.client_secret,
                 authority=config.authority,
-                verify=config.verify,
-                timeout=IDENTITY_TIMEOUT_SECONDS,
+                http_client=_identity_session(config.verify),
                 instance_discovery=authority_host in MICROSOFT_AUTHORITY_HOSTS,
             )
             _applications[key] = application
             _application_locks[key] = threading.Lock()
         return application, _application_locks[key]
+
+
+def _identity_session(verify: bool | str):
+    """Return the ``requests`` session MSAL sends its requests through.
+
+    ``requests`` lets ``REQUESTS_CA_BUNDLE`` and ``CURL_CA_BUNDLE`` override a session's ``verify``
+    setting, so the connection's CA bundle is passed with every request, where it wins.
+    """
+    import requests
+
+    class IdentitySession(requests.Session):
+        def request(self, method, url, **kwargs):
+            kwargs.setdefault("verify", verify)
+            kwargs.setdefault("timeout", IDENTITY_TIMEOUT_SECONDS)
+            return super().request(method, url, **kwargs)
+
+    return IdentitySession()
 
 
 def acquire_token(config: DataverseConnectionConfig, *, force_refresh: bool = False) -> str:
@@ -67,19 +83,19 @@ def acquire_token(config: DataverseConnectionConfig, *, force_refresh: bool = Fa
     This call blocks (MSAL uses ``requests``); asynchronous code runs it in a thread. The per-credential
     lock makes concurrent callers wait for one token request instead of each sending their own.
     """
-    application, lock = get_client_application(config)
-    scopes = [config.scope]
-    with lock:
-        if force_refresh:
-            application.remove_tokens_for_client()
-        try:
-            result = application.acquire_token_for_client(scopes)
-        except Exception as error:  # MSAL raises requests' and its own errors for network failures.
-            raise DataverseAuthenticationError(
-                f"the identity platform at {config.authority} could not be reached: {type(error).__name__}: {error}",
-                status_code=None,
-                request=f"token request for client {config.client_id}",
-            ) from None
+    try:
+        # MSAL reads the authority's OpenID configuration when the application is created.
+        application, lock = get_client_application(config)
+        with lock:
+            if force_refresh:
+                application.remove_tokens_for_client()
+            result = application.acquire_token_for_client([config.scope])
+    except Exception as error:  # MSAL raises requests' errors and ValueError for network and discovery failures.
+        raise DataverseAuthenticationError(
+            f"the identity platform at {config.authority} could not be reached: {type(error).__name__}: {error}",
+            status_code=None,
+            request=f"token request for client {config.client_id}",
+        ) from None
     token = (result or {}).get("access_token")
     if token:
         if result.get("token_source") == "identity_provider":

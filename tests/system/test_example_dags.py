@@ -50,11 +50,7 @@ def read_xcom(environment: dict, dag_id: str) -> dict[tuple[str, int, str], obje
         [sys.executable, "-c", READ_XCOM, dag_id], env=environment, capture_output=True, text=True, timeout=120, check=True
     )
     rows = json.loads(result.stdout.strip().splitlines()[-1])
-    return {(task_id, map_index, key): _decode(value) for task_id, map_index, key, value in rows}
-
-
-def _decode(value):
-    return json.loads(value) if isinstance(value, str) else value
+    return {(task_id, map_index, key): value for task_id, map_index, key, value in rows}
 
 
 def test_pipeline_dag_chains_two_deferred_runs(dataverse, airflow_env):

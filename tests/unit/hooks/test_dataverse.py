@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from airflow_provider_pad.emulator import EmulatedFlow
+from airflow_provider_pad.emulator import EmulatedFlow, Fault
 from airflow_provider_pad.exceptions import (
     AmbiguousDesktopFlowNameError,
     DataverseApiError,
@@ -260,8 +260,9 @@ def test_environment_id_from_dataverse_is_cached(dataverse):
 
 def test_transport_error_is_dataverse_error(dataverse):
     hook = DataverseHook(retry_policy=RetryPolicy(max_attempts=2, backoff_base_seconds=0.01))
-    hook.list_desktop_flows()
-    dataverse.stop()
+    dataverse.inject("get_session", Fault(drop=True), Fault(drop=True))
 
     with pytest.raises(DataverseApiError, match="no response"):
         hook.get_flow_session("00000000-0000-0000-0000-000000000003")
+
+    assert dataverse.count("get_session") == 2

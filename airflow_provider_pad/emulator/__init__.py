@@ -1,0 +1,80 @@
+"""
+A local emulator of the Microsoft identity platform and the Dataverse Web API for desktop flows.
+
+It lets the provider run and be tested offline::
+
+    from airflow_provider_pad.emulator import DataverseEmulator
+
+    with DataverseEmulator() as emulator:
+        print(emulator.connection_json())
+
+Run ``python -m airflow_provider_pad.emulator --help`` to serve it from a shell. Importing this
+package loads only the standard library. uvicorn, Starlette and cryptography load on start().
+
+Without ``flows``, the emulator serves these flows, with fixed workflow ids:
+
+- ``DESKTOP_FLOW_1_ID``, "Desktop flow 1": inputs ``inputText`` and ``inputInteger``, outputs
+  ``outputText`` (the text upper-cased) and ``outputInteger`` (the number doubled).
+- ``DESKTOP_FLOW_2_ID``, "Desktop flow 2": the same schemas, with the text reversed and the number plus one.
+- ``FAILING_FLOW_ID``, "Failing desktop flow": ends as 8 (Failed) with errorcode ``NoCandidateMachine``.
+- ``FLOW_WITHOUT_OUTPUTS_ID``, "Flow without outputs": succeeds and writes no outputs file.
+- ``DRAFT_FLOW_ID``, "Draft desktop flow": unpublished, so listed only with ``MSCRM.IncludeUnpublished: true``.
+
+``GET flowsessions(<id>)/outputs/$value`` returns the outputs JSON once a run of a flow with
+outputs has succeeded. In every other case (a run still queued or running, a run that did
+not succeed, a flow without outputs) it returns 200 with an empty body.
+
+The request log, :meth:`DataverseEmulator.count` and :meth:`DataverseEmulator.inject` name
+endpoints as :data:`ENDPOINT_NAMES` lists them: ``token``, ``openid``, ``list_workflows``,
+``get_workflow``, ``input_schema``, ``output_schema``, ``run``, ``get_session``,
+``session_outputs``, ``cancel``, ``whoami`` and ``current_organization``.
+"""
+
+from airflow_provider_pad.emulator.faults import Fault
+from airflow_provider_pad.emulator.flows import (
+    DESKTOP_FLOW_1_ID,
+    DESKTOP_FLOW_2_ID,
+    DRAFT_FLOW_ID,
+    FAILING_FLOW_ID,
+    FLOW_WITHOUT_OUTPUTS_ID,
+    EmulatedFlow,
+    FlowSession,
+    SessionStatus,
+    default_flows,
+    schema_property,
+)
+from airflow_provider_pad.emulator.identifiers import (
+    BUSINESS_UNIT_ID,
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_TENANT_ID,
+    ENVIRONMENT_ID,
+    ORGANIZATION_ID,
+    USER_ID,
+)
+from airflow_provider_pad.emulator.server import DataverseEmulator
+from airflow_provider_pad.emulator.state import ENDPOINT_NAMES, RequestRecord
+
+__all__ = [
+    "BUSINESS_UNIT_ID",
+    "DEFAULT_CLIENT_ID",
+    "DEFAULT_CLIENT_SECRET",
+    "DEFAULT_TENANT_ID",
+    "DESKTOP_FLOW_1_ID",
+    "DESKTOP_FLOW_2_ID",
+    "DRAFT_FLOW_ID",
+    "ENDPOINT_NAMES",
+    "ENVIRONMENT_ID",
+    "FAILING_FLOW_ID",
+    "FLOW_WITHOUT_OUTPUTS_ID",
+    "ORGANIZATION_ID",
+    "USER_ID",
+    "DataverseEmulator",
+    "EmulatedFlow",
+    "Fault",
+    "FlowSession",
+    "RequestRecord",
+    "SessionStatus",
+    "default_flows",
+    "schema_property",
+]

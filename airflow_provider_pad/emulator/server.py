@@ -1,0 +1,344 @@
+"""DataverseEmulator: the emulator's life cycle, serving HTTPS with uvicorn in a background thread."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_pad.emulator.faults import Fault
+from airflow_provider_pad.emulator.flows import EmulatedFlow, FlowSession, default_flows
+from airflow_provider_pad.emulator.identifiers import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT_ID
+from airflow_provider_pad.emulator.state import ENDPOINT_NAMES, EmulatorSettings, EmulatorState, RequestRecord
+
+if TYPE_CHECKING:
+    import uvicorn
+
+logger = logging.getLogger("airflow_provider_pad.emulator")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_TOKEN_LIFETIME_SECONDS = 3600
+DEFAULT_QUEUE_SECONDS = 1.0
+DEFAULT_RUN_SECONDS = 2.0
+DEFAULT_PAGE_SIZE = 50
+
+STARTUP_TIMEOUT_SECONDS = 10.0
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
+# uvicorn gives requests still in progress, such as a delayed fault, this long to finish on stop.
+GRACEFUL_SHUTDOWN_SECONDS = 2
+
+
+class DataverseEmulator:
+    """
+    A local stand-in for the Microsoft identity platform and a Dataverse environment's Web API.
+
+    It serves HTTPS on ``host``, with a certificate signed by a CA that it generates at start
+    and deletes at stop. Use it as a context manager or call :meth:`start` and :meth:`stop`.
+
+    :param host: address to listen on. Keep the default loopback address.
+    :param port: TCP port, or 0 for a free one, which :attr:`base_url` then shows.
+    :param tenant_id: the only tenant the token endpoint accepts.
+    :param client_id: the only application (client) id the token endpoint accepts.
+    :param client_secret: the client secret the token endpoint accepts.
+    :param token_lifetime_seconds: lifetime of each access token, sent as ``expires_in``.
+    :param flows: the flows to serve, or None for :func:`default_flows`.
+    :param queue_seconds: default time a run waits in the queue (statuscode 3) before it runs.
+    :param run_seconds: default time a run stays Running (statuscode 2) before its outcome.
+    :param page_size: maximum rows per page of a workflow listing. A smaller
+        ``Prefer: odata.maxpagesize`` wins, and longer results continue through ``@odata.nextLink``.
+    """
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        tenant_id: str = DEFAULT_TENANT_ID,
+        client_id: str = DEFAULT_CLIENT_ID,
+        client_secret: str = DEFAULT_CLIENT_SECRET,
+        token_lifetime_seconds: int = DEFAULT_TOKEN_LIFETIME_SECONDS,
+        flows: list[EmulatedFlow] | None = None,
+        queue_seconds: float = DEFAULT_QUEUE_SECONDS,
+        run_seconds: float = DEFAULT_RUN_SECONDS,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> None:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be from 0 to 65535, got {port!r}.")
+        if token_lifetime_seconds <= 0:
+            raise ValueError(f"token_lifetime_seconds must be positive, got {token_lifetime_seconds!r}.")
+        if queue_seconds < 0 or run_seconds < 0:
+            raise ValueError(
+                f"queue_seconds and run_seconds must be zero or more, got {queue_seconds!r} and {run_seconds!r}."
+            )
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1, got {page_size!r}.")
+
+        self._host = host
+        self._requested_port = port
+        self._tenant_id = tenant_id
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._token_lifetime_seconds = int(token_lifetime_seconds)
+        self._queue_seconds = queue_seconds
+        self._run_seconds = run_seconds
+        self._page_size = page_size
+        self._state = EmulatorState(default_flows() if flows is None else list(flows))
+
+        self._settings: EmulatorSettings | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._certificate_directory: tempfile.TemporaryDirectory[str] | None = None
+        self._ca_path: Path | None = None
+
+    # Life cycle
+
+    def start(self) -> None:
+        """Generate the certificates and serve in a background thread. Return once the port accepts connections."""
+        if self._server is not None:
+            raise RuntimeError("The Dataverse emulator is already running. Call stop() before starting it again.")
+
+        # Imported here so that importing the package stays cheap for code that only needs its constants.
+        import uvicorn
+
+        from airflow_provider_pad.emulator.app import EmulatorApp
+        from airflow_provider_pad.emulator.certificates import write_certificates
+        from airflow_provider_pad.emulator.connections import ConnectionRegistry, tracked_protocol_class
+
+        listener = _listen(self._host, self._requested_port)
+        port = listener.getsockname()[1]
+        certificate_directory = tempfile.TemporaryDirectory(prefix="dataverse-emulator-")
+        try:
+            server_names = tuple(dict.fromkeys((self._host, "127.0.0.1", "localhost", "::1")))
+            certificates = write_certificates(Path(certificate_directory.name), server_names)
+            settings = EmulatorSettings(
+                base_url=f"https://{_url_host(self._host)}:{port}",
+                tenant_id=self._tenant_id,
+                client_id=self._client_id,
+                client_secret=self._client_secret,
+                token_lifetime_seconds=self._token_lifetime_seconds,
+                queue_seconds=self._queue_seconds,
+                run_seconds=self._run_seconds,
+                page_size=self._page_size,
+            )
+            connections = ConnectionRegistry()
+            config = uvicorn.Config(
+                EmulatorApp(settings, self._state, connections),
+                http=tracked_protocol_class(connections),
+                loop="asyncio",
+                lifespan="off",
+                ssl_certfile=str(certificates.certificate_path),
+                ssl_keyfile=str(certificates.private_key_path),
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            )
+            server = uvicorn.Server(config)
+            thread = threading.Thread(
+                target=server.run, kwargs={"sockets": [listener]}, name=f"dataverse-emulator-{port}", daemon=True
+            )
+            thread.start()
+            _wait_until_started(server, thread)
+        except BaseException:
+            listener.close()
+            certificate_directory.cleanup()
+            raise
+
+        self._settings = settings
+        self._server = server
+        self._thread = thread
+        self._certificate_directory = certificate_directory
+        self._ca_path = certificates.ca_path
+        logger.info(
+            "The Dataverse emulator is serving %s with the CA certificate %s.", settings.base_url, certificates.ca_path
+        )
+
+    def stop(self) -> None:
+        """Stop serving, wait for the server thread, and delete the certificates. Does nothing when not running."""
+        if self._server is None:
+            return
+        assert self._thread is not None and self._certificate_directory is not None
+
+        self._server.should_exit = True
+        self._thread.join(SHUTDOWN_TIMEOUT_SECONDS)
+        if self._thread.is_alive():
+            logger.warning(
+                "The Dataverse emulator's server thread did not stop within %s seconds.", SHUTDOWN_TIMEOUT_SECONDS
+            )
+        self._certificate_directory.cleanup()
+        logger.info("The Dataverse emulator at %s has stopped.", self.base_url)
+
+        self._server = None
+        self._thread = None
+        self._certificate_directory = None
+        self._ca_path = None
+        self._settings = None
+
+    def __enter__(self) -> DataverseEmulator:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # Connection details
+
+    @property
+    def base_url(self) -> str:
+        """The Dataverse environment URL, ``https://<host>:<port>``. The Web API is under ``/api/data/v9.2/``."""
+        return self._running_settings().base_url
+
+    @property
+    def authority(self) -> str:
+        """The identity platform authority for MSAL: ``<base_url>/<tenant_id>``."""
+        return self._running_settings().authority
+
+    @property
+    def ca_path(self) -> str:
+        """Path of the PEM CA certificate that signed the server certificate, to pass as ``verify``."""
+        self._running_settings()
+        assert self._ca_path is not None
+        return str(self._ca_path)
+
+    @property
+    def tenant_id(self) -> str:
+        return self._tenant_id
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def client_secret(self) -> str:
+        return self._client_secret
+
+    def connection_extra(self) -> dict[str, str]:
+        """Return the ``extra`` of an Airflow connection to this emulator."""
+        return {"tenant_id": self._tenant_id, "authority": self.authority, "verify": self.ca_path}
+
+    def connection_json(self) -> str:
+        """Return an Airflow connection in JSON, for ``AIRFLOW_CONN_DATAVERSE_DEFAULT``."""
+        connection = {
+            "conn_type": "dataverse",
+            "host": self.base_url,
+            "login": self._client_id,
+            "password": self._client_secret,
+            "extra": self.connection_extra(),
+        }
+        return json.dumps(connection)
+
+    # Request log
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """A copy of the request log, oldest first."""
+        return self._state.records()
+
+    def count(self, endpoint: str, status: int | None = None) -> int:
+        """Return how many logged requests went to ``endpoint``, counting only ``status`` when given."""
+        self._check_endpoint(endpoint)
+        return self._state.count(endpoint, status)
+
+    def reset_log(self) -> None:
+        self._state.reset_log()
+
+    # Flows and flow sessions
+
+    @property
+    def flows(self) -> dict[str, EmulatedFlow]:
+        """The served flows by workflow id. The dict is a copy, but the flows are the live objects."""
+        return self._state.flows()
+
+    @property
+    def sessions(self) -> dict[str, FlowSession]:
+        """Copies of all flow sessions by flowsession id, brought up to date with the clock."""
+        return self._state.sessions()
+
+    def add_flow(self, flow: EmulatedFlow) -> None:
+        """Serve ``flow`` too, replacing a flow with the same workflow id."""
+        self._state.add_flow(flow)
+
+    def set_session_status(
+        self,
+        flowsession_id: str,
+        statuscode: int,
+        errorcode: str | None = None,
+        errormessage: str | None = None,
+    ) -> None:
+        """Give a flow session ``statuscode`` now and stop its schedule. Raise KeyError for an unknown id."""
+        self._state.set_session_status(flowsession_id, statuscode, errorcode, errormessage)
+
+    # Faults and tokens
+
+    def inject(self, endpoint: str, *faults: Fault) -> None:
+        """Queue faults for ``endpoint``. Each matching request consumes the next one, in order."""
+        self._check_endpoint(endpoint)
+        for fault in faults:
+            if not isinstance(fault, Fault):
+                raise TypeError(f"inject() takes Fault objects, got {type(fault).__name__}.")
+        self._state.add_faults(endpoint, faults)
+
+    def clear_faults(self, endpoint: str | None = None) -> None:
+        """Drop the faults still queued for ``endpoint``, or for every endpoint when None."""
+        if endpoint is not None:
+            self._check_endpoint(endpoint)
+        self._state.clear_faults(endpoint)
+
+    def expire_tokens(self) -> None:
+        """Make every access token issued so far expired, so that requests using one get 401."""
+        self._state.expire_tokens()
+
+    # Helpers
+
+    def _running_settings(self) -> EmulatorSettings:
+        if self._settings is None:
+            raise RuntimeError("The Dataverse emulator is not running. Call start() or use it in a with block.")
+        return self._settings
+
+    @staticmethod
+    def _check_endpoint(endpoint: str) -> None:
+        if endpoint not in ENDPOINT_NAMES:
+            raise ValueError(f"Unknown endpoint name {endpoint!r}. Use one of: {', '.join(sorted(ENDPOINT_NAMES))}.")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # An explicit IPPROTO_TCP makes asyncio set TCP_NODELAY on accepted connections. With
+    # proto 0 it does not, and Nagle's algorithm then delays each response by about 40 ms.
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        message = f"The Dataverse emulator cannot listen on {host}:{port}: {error.strerror}."
+        raise OSError(error.errno, message) from error
+    listener.setblocking(False)
+    return listener
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _wait_until_started(server: Any, thread: threading.Thread) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(
+                "The Dataverse emulator's server thread stopped during startup. The log has the error."
+            )
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(SHUTDOWN_TIMEOUT_SECONDS)
+            raise RuntimeError(f"The Dataverse emulator did not start within {STARTUP_TIMEOUT_SECONDS} seconds.")
+        time.sleep(0.01)
