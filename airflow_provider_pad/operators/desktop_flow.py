@@ -38,6 +38,8 @@ RUN_PRIORITIES = ("normal", "high")
 CONNECTION_TYPE_CONNECTION = 1
 CONNECTION_TYPE_REFERENCE = 2
 FLOW_SESSION_ID_XCOM_KEY = "flow_session_id"
+# Task state store key of the run this task instance started; retries read it to reattach.
+RUN_STATE_KEY = "desktop_flow_run"
 
 
 class RunDesktopFlowOperator(BaseOperator):
@@ -165,13 +167,21 @@ class RunDesktopFlowOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any] | None:
         body = self._build_run_body()
-        flow_id = self._resolve_flow_id()
 
-        self.flow_session_id = self._start_run(flow_id, body, context)
+        previous = self._find_previous_run(context)
+        if previous is not None:
+            session, deadline = previous
+            self.flow_session_id = session.flow_session_id
+            if session.outcome == RunOutcome.SUCCESS:
+                return self._finish(session.outcome, session=session)
+        else:
+            flow_id = self._resolve_flow_id()
+            deadline = time.time() + self.timeout
+            self.flow_session_id = self._start_run(flow_id, body, context)
+            self._remember_run(context, flow_id, deadline)
         if not self.wait_for_termination:
             return None
 
-        deadline = time.time() + self.timeout
         if self.deferrable:
             session = self.hook.get_flow_session(self.flow_session_id)
             if not session.has_ended:
@@ -255,6 +265,53 @@ class RunDesktopFlowOperator(BaseOperator):
         context["ti"].xcom_push(key=DesktopFlowLink().xcom_key, value=flow_details_url(portal, environment_id, flow_id))
         context["ti"].xcom_push(key=DesktopFlowRunLink().xcom_key, value=run_url)
         self.log.info("Desktop flow run %s in the Power Automate portal: %s", flow_session_id, run_url)
+
+    def _remember_run(self, context: Context, flow_id: str, deadline: float) -> None:
+        """Record the run in the task state store, so a retry of this try reattaches to it."""
+        store = context.get("task_state_store")
+        if store is None:
+            self.log.info(
+                "This Airflow version has no task state store, so a retry of this task starts a new run."
+            )
+            return
+        store.set(
+            RUN_STATE_KEY,
+            {
+                "flow_session_id": self.flow_session_id,
+                "flow_id": flow_id,
+                "deadline": deadline,
+                "max_tries": context["ti"].max_tries,
+            },
+        )
+
+    def _find_previous_run(self, context: Context) -> tuple[FlowSession, float] | None:
+        """Return the run an earlier try of this task instance started, if a retry should reuse it.
+
+        A retry reuses a run that is still queued or running, or that succeeded. Clearing the task by
+        hand raises ``max_tries`` (Airflow sets it to the try number plus ``retries``), so after a
+        manual clear the stored run no longer matches and a new run starts.
+        """
+        store = context.get("task_state_store")
+        stored = store.get(RUN_STATE_KEY) if store is not None else None
+        if not isinstance(stored, dict) or stored.get("max_tries") != context["ti"].max_tries:
+            return None
+
+        flow_session_id = str(stored["flow_session_id"])
+        try:
+            session = self.hook.get_flow_session(flow_session_id)
+        except DesktopFlowError as error:
+            self.log.warning("Reading the earlier try's run %s failed, so a new run starts: %s", flow_session_id, error)
+            return None
+        if session.outcome not in (RunOutcome.RUNNING, RunOutcome.SUCCESS):
+            self.log.info(
+                "The earlier try's run %s ended as %s, so a new run starts.", flow_session_id, session.label
+            )
+            return None
+
+        self.log.info("Reattaching to run %s of an earlier try; it is %s.", flow_session_id, session.label)
+        context["ti"].xcom_push(key=FLOW_SESSION_ID_XCOM_KEY, value=flow_session_id)
+        self._store_links(context, str(stored["flow_id"]), flow_session_id)
+        return session, float(stored["deadline"])
 
     def _defer(self, deadline: float) -> None:
         from airflow_provider_pad.triggers.desktop_flow import DesktopFlowRunTrigger

@@ -9,15 +9,32 @@ from typing import Any
 class RecordingTaskInstance:
     """Stands in for the task instance in a context: records what the operator pushes to XCom."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_tries: int = 0) -> None:
         self.xcom: dict[str, Any] = {}
+        self.max_tries = max_tries
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcom[key] = value
 
 
-def make_context() -> dict[str, Any]:
-    return {"ti": RecordingTaskInstance()}
+class MemoryTaskStateStore:
+    """Stands in for ``context["task_state_store"]``: keeps values in a dict shared across tries."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = value
+
+
+def make_context(store: MemoryTaskStateStore | None = None, max_tries: int = 0) -> dict[str, Any]:
+    context: dict[str, Any] = {"ti": RecordingTaskInstance(max_tries)}
+    if store is not None:
+        context["task_state_store"] = store
+    return context
 
 
 def collect_events(trigger) -> list[dict[str, Any]]:

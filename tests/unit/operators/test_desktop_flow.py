@@ -18,7 +18,7 @@ from airflow_provider_pad.exceptions import (
 )
 from airflow_provider_pad.operators.desktop_flow import RunDesktopFlowOperator
 from airflow_provider_pad.triggers.desktop_flow import DesktopFlowRunTrigger
-from tests.unit.helpers import collect_events, flow_id_named, make_context
+from tests.unit.helpers import MemoryTaskStateStore, collect_events, flow_id_named, make_context
 
 BASE_ARGUMENTS = {"task_id": "run_flow", "connection_name": "machine-group", "check_interval": 0.1}
 
@@ -256,3 +256,75 @@ def test_deferred_timeout_raises_from_event(dataverse):
     with pytest.raises(DesktopFlowRunTimeoutError, match="A cancel request was sent"):
         make_operator(deferrable=True).execute_complete(make_context(), event)
     assert dataverse.count("cancel") == 1
+
+
+def add_short_flow(emulator) -> EmulatedFlow:
+    flow = EmulatedFlow(name="Short flow", inputs_schema={}, outputs_schema={}, queue_seconds=0.2, run_seconds=0.8,
+                        outputs=lambda inputs: {"done": True})
+    emulator.add_flow(flow)
+    return flow
+
+
+def start_deferred_try(store: MemoryTaskStateStore, max_tries: int = 1, **arguments) -> str:
+    """Run the first try of a deferrable task up to its deferral and return its flowsession id."""
+    operator = make_operator(deferrable=True, **arguments)
+    with pytest.raises(TaskDeferred):
+        operator.execute(make_context(store, max_tries))
+    return operator.flow_session_id
+
+
+def test_retry_reattaches_to_running_run(dataverse):
+    add_short_flow(dataverse)
+    store = MemoryTaskStateStore()
+    first_run = start_deferred_try(store, flow_name="Short flow")
+    context = make_context(store, max_tries=1)
+
+    outputs = make_operator(flow_name="Short flow").execute(context)
+
+    assert outputs == {"done": True}
+    assert context["ti"].xcom["flow_session_id"] == first_run
+    assert dataverse.count("run") == 1
+
+
+def test_retry_after_success_starts_no_run(dataverse):
+    store = MemoryTaskStateStore()
+    first_run = start_deferred_try(store)
+    time.sleep(1.5)
+
+    operator = make_operator()
+    outputs = operator.execute(make_context(store, max_tries=1))
+
+    assert outputs["outputText"] == ""
+    assert operator.flow_session_id == first_run
+    assert dataverse.count("run") == 1
+
+
+def test_retry_after_failure_starts_new_run(dataverse):
+    store = MemoryTaskStateStore()
+    start_deferred_try(store, flow_name="Failing desktop flow")
+    time.sleep(1.5)
+
+    with pytest.raises(DesktopFlowRunError):
+        make_operator(flow_name="Failing desktop flow").execute(make_context(store, max_tries=1))
+
+    assert dataverse.count("run") == 2
+
+
+def test_manual_clear_starts_new_run(dataverse):
+    add_slow_flow(dataverse)
+    store = MemoryTaskStateStore()
+    first_run = start_deferred_try(store, flow_name="Slow flow")
+
+    operator = make_operator(flow_name="Slow flow", wait_for_termination=False)
+    operator.execute(make_context(store, max_tries=2))
+
+    assert operator.flow_session_id != first_run
+    assert dataverse.count("run") == 2
+
+
+def test_without_state_store_retry_starts_new_run(dataverse):
+    add_slow_flow(dataverse)
+    for _ in range(2):
+        make_operator(flow_name="Slow flow", wait_for_termination=False).execute(make_context())
+
+    assert dataverse.count("run") == 2
