@@ -127,22 +127,35 @@ class EmulatorApp:
         endpoint = route.endpoint if route is not None else None
         fault = self._state.take_fault(endpoint) if endpoint is not None else None
 
-        response: Response | None = None
-        if fault is None or fault.after_handling:
+        if fault is None:
             response = await self._handle(request, route, arguments)
-        if fault is not None:
-            if fault.delay_seconds:
-                await asyncio.sleep(fault.delay_seconds)
-            if fault.drop:
-                self._record(request, 0, endpoint, arrived_at, injected=True)
-                await self._drop_connection(scope, receive)
-                return
-            response = self._fault_response(fault, endpoint)
+        else:
+            assert route is not None
+            response = await self._apply_fault(fault, request, route, arguments)
 
-        assert response is not None
+        if response is None:
+            self._record(request, 0, endpoint, arrived_at, injected=True)
+            await self._drop_connection(scope, receive)
+            return
         # Record before responding, so that a client that reads the log after its response finds the request.
         self._record(request, response.status_code, endpoint, arrived_at, injected=fault is not None)
         await response(scope, receive, send)
+
+    async def _apply_fault(
+        self, fault: Fault, request: Request, route: Route, arguments: dict[str, str]
+    ) -> Response | None:
+        """
+        Apply a fault: handle the request first when ``after_handling`` is set, then wait its delay.
+
+        Return the fault's response, or None when the connection must be dropped.
+        """
+        if fault.after_handling:
+            await self._handle(request, route, arguments)
+        if fault.delay_seconds:
+            await asyncio.sleep(fault.delay_seconds)
+        if fault.drop:
+            return None
+        return self._fault_response(fault, route.endpoint)
 
     def _resolve(self, method: str, path: str) -> tuple[Route | None, dict[str, str]]:
         for route in self._routes:
@@ -206,7 +219,7 @@ class EmulatorApp:
             404, NO_MATCHING_RESOURCE, f"No HTTP resource was found that matches the request URI '{url}'."
         )
 
-    def _fault_response(self, fault: Fault, endpoint: str | None) -> Response:
+    def _fault_response(self, fault: Fault, endpoint: str) -> Response:
         """Build the response a fault scripts. Without a body, a 4xx or 5xx gets the endpoint's usual error body."""
         if fault.body is not None:
             body = fault.body.encode("utf-8") if isinstance(fault.body, str) else fault.body

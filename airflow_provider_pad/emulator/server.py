@@ -20,6 +20,8 @@ from airflow_provider_pad.emulator.state import ENDPOINT_NAMES, EmulatorSettings
 if TYPE_CHECKING:
     import uvicorn
 
+    from airflow_provider_pad.emulator.certificates import CertificateFiles
+
 logger = logging.getLogger("airflow_provider_pad.emulator")
 
 DEFAULT_HOST = "127.0.0.1"
@@ -102,44 +104,21 @@ class DataverseEmulator:
         if self._server is not None:
             raise RuntimeError("The Dataverse emulator is already running. Call stop() before starting it again.")
 
-        # Imported here so that importing the package stays cheap for code that only needs its constants.
-        import uvicorn
-
-        from airflow_provider_pad.emulator.app import EmulatorApp
+        # cryptography, like uvicorn in _create_server, loads only when an emulator starts.
         from airflow_provider_pad.emulator.certificates import write_certificates
-        from airflow_provider_pad.emulator.connections import ConnectionRegistry, tracked_protocol_class
 
         listener = _listen(self._host, self._requested_port)
-        port = listener.getsockname()[1]
         certificate_directory = tempfile.TemporaryDirectory(prefix="dataverse-emulator-")
         try:
             server_names = tuple(dict.fromkeys((self._host, "127.0.0.1", "localhost", "::1")))
             certificates = write_certificates(Path(certificate_directory.name), server_names)
-            settings = EmulatorSettings(
-                base_url=f"https://{_url_host(self._host)}:{port}",
-                tenant_id=self._tenant_id,
-                client_id=self._client_id,
-                client_secret=self._client_secret,
-                token_lifetime_seconds=self._token_lifetime_seconds,
-                queue_seconds=self._queue_seconds,
-                run_seconds=self._run_seconds,
-                page_size=self._page_size,
-            )
-            connections = ConnectionRegistry()
-            config = uvicorn.Config(
-                EmulatorApp(settings, self._state, connections),
-                http=tracked_protocol_class(connections),
-                loop="asyncio",
-                lifespan="off",
-                ssl_certfile=str(certificates.certificate_path),
-                ssl_keyfile=str(certificates.private_key_path),
-                log_config=None,
-                access_log=False,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-            )
-            server = uvicorn.Server(config)
+            settings = self._settings_for_port(listener.getsockname()[1])
+            server = self._create_server(settings, certificates)
             thread = threading.Thread(
-                target=server.run, kwargs={"sockets": [listener]}, name=f"dataverse-emulator-{port}", daemon=True
+                target=server.run,
+                kwargs={"sockets": [listener]},
+                name=f"dataverse-emulator-{listener.getsockname()[1]}",
+                daemon=True,
             )
             thread.start()
             _wait_until_started(server, thread)
@@ -189,6 +168,39 @@ class DataverseEmulator:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def _settings_for_port(self, port: int) -> EmulatorSettings:
+        return EmulatorSettings(
+            base_url=f"https://{_url_host(self._host)}:{port}",
+            tenant_id=self._tenant_id,
+            client_id=self._client_id,
+            client_secret=self._client_secret,
+            token_lifetime_seconds=self._token_lifetime_seconds,
+            queue_seconds=self._queue_seconds,
+            run_seconds=self._run_seconds,
+            page_size=self._page_size,
+        )
+
+    def _create_server(self, settings: EmulatorSettings, certificates: CertificateFiles) -> uvicorn.Server:
+        # Imported here so that importing the package stays cheap for code that only needs its constants.
+        import uvicorn
+
+        from airflow_provider_pad.emulator.app import EmulatorApp
+        from airflow_provider_pad.emulator.connections import ConnectionRegistry, tracked_protocol_class
+
+        connections = ConnectionRegistry()
+        config = uvicorn.Config(
+            EmulatorApp(settings, self._state, connections),
+            http=tracked_protocol_class(connections),
+            loop="asyncio",
+            lifespan="off",
+            ssl_certfile=str(certificates.certificate_path),
+            ssl_keyfile=str(certificates.private_key_path),
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+        return uvicorn.Server(config)
 
     # Connection details
 
@@ -274,7 +286,12 @@ class DataverseEmulator:
         errorcode: str | None = None,
         errormessage: str | None = None,
     ) -> None:
-        """Give a flow session ``statuscode`` now and stop its schedule. Raise KeyError for an unknown id."""
+        """
+        Give a flow session ``statuscode`` now and stop its schedule. Raise KeyError for an unknown id.
+
+        Any integer is accepted, including codes outside Dataverse's 0 to 14, which the emulator
+        then serves with statecode 0 and no ``completedon``.
+        """
         self._state.set_session_status(flowsession_id, statuscode, errorcode, errormessage)
 
     # Faults and tokens

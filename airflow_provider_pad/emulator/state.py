@@ -15,7 +15,6 @@ from airflow_provider_pad.emulator.faults import Fault
 from airflow_provider_pad.emulator.flows import (
     EmulatedFlow,
     FlowSession,
-    SessionStatus,
     normalize_guid,
 )
 
@@ -200,8 +199,9 @@ class EmulatorState:
         errorcode: str | None = None,
         errormessage: str | None = None,
     ) -> None:
-        if statuscode not in SessionStatus.__members__.values():
-            raise ValueError(f"statuscode {statuscode!r} is not a flowsession statuscode (0 to 14).")
+        # Codes outside 0 to 14 are allowed, so that tests can check how a client treats an unknown code.
+        if not isinstance(statuscode, int) or isinstance(statuscode, bool):
+            raise TypeError(f"statuscode must be an int, got {statuscode!r}.")
         with self._lock:
             session = self._find_session(flowsession_id)
             session.pin_status(statuscode, time.time(), errorcode, errormessage)

@@ -359,3 +359,12 @@ def test_run_all_parameters_accepted(client):
         callbackUrl="https://example.invalid/callback",
     )
     assert response.status_code == 200
+
+
+def test_set_session_status_unknown_code(client, emulator):
+    flowsession_id = client.start_run(DESKTOP_FLOW_1_ID)
+    emulator.set_session_status(flowsession_id, 99)
+    row = client.session_row(flowsession_id)
+    assert row["statuscode"] == 99
+    assert row["statecode"] == 0
+    assert row["completedon"] is None

@@ -95,5 +95,7 @@ class WebApiClient:
             if row["completedon"] is not None:
                 return row, seen
             if time.monotonic() > deadline:
-                raise AssertionError(f"Run {flowsession_id} did not end within {timeout_seconds} s. Statuses seen: {seen}.")
+                raise AssertionError(
+                    f"Run {flowsession_id} did not end within {timeout_seconds} s. Statuses seen: {seen}."
+                )
             time.sleep(POLL_INTERVAL_SECONDS)
