@@ -28,10 +28,21 @@ class DataverseApiError(DesktopFlowError):
     :param error_code: Dataverse ``error.code`` (for example ``0x80040220``), empty when the body had none.
     :param message: Dataverse ``error.message`` or the start of a non-JSON body.
     :param request: method and path of the request, without the query string's secrets (it has none).
+    :param transient: whether the same request may succeed later; by default true for no response,
+        HTTP 429 and 5xx.
     """
 
-    def __init__(self, message: str, *, status_code: int | None, error_code: str = "", request: str = ""):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None,
+        error_code: str = "",
+        request: str = "",
+        transient: bool | None = None,
+    ):
         self.status_code = status_code
+        self._transient = transient
         self.error_code = error_code
         self.error_message = message
         self.request = request
@@ -46,6 +57,18 @@ class DataverseApiError(DesktopFlowError):
     def hint(self) -> str:
         """Return what a person should check next, or an empty string."""
         return ""
+
+    @property
+    def is_transient(self) -> bool:
+        """Whether the same request may succeed later, so a poller should try again instead of failing."""
+        if self._transient is not None:
+            return self._transient
+        return self.status_code is None or self.status_code == 429 or self.status_code >= 500
+
+    def __str__(self) -> str:
+        # Notes (for example "a retry would pass the deadline") belong to the message users see.
+        notes = getattr(self, "__notes__", None) or []
+        return " ".join([super().__str__(), *notes])
 
 
 class DataverseAuthenticationError(DataverseApiError):
@@ -129,6 +152,10 @@ class DesktopFlowRunError(DesktopFlowError):
 
 class DesktopFlowRunCancelledError(DesktopFlowRunError):
     """A desktop flow run was cancelled (statuscode 7) before it finished."""
+
+
+class DesktopFlowOutputsTooLargeError(DesktopFlowError):
+    """A run succeeded, but its outputs exceed the operator's ``max_output_bytes``."""
 
 
 class DesktopFlowRunTimeoutError(DesktopFlowError):

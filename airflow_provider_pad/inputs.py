@@ -79,3 +79,49 @@ def _check_value(value: Any, path: str) -> Any:
         f"{path} is of type {type(value).__module__}.{type(value).__qualname__}, which is not JSON-serializable; "
         "convert it to a str, int, float, bool, list or dict first."
     )
+
+
+# Python types accepted for each JSON Schema type a desktop flow declares for an input.
+# bool is excluded from the numeric types because JSON keeps true and 1 apart.
+_SCHEMA_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+def validate_against_schema(inputs_json: str | None, schema: Mapping[str, Any], flow: str) -> None:
+    """Reject inputs the flow does not declare, or whose JSON type differs from the declared one.
+
+    Inputs the flow declares but that are absent are allowed: the flow then uses its default value.
+    A declared type this module does not know (PAD may add some) is not checked.
+
+    :param inputs_json: the serialized inputs, as :func:`serialize_inputs` returns them.
+    :param schema: the flow's input schema, ``{"type": "object", "properties": {...}}``.
+    :param flow: the flow's name or id, for the error message.
+    """
+    inputs = json.loads(inputs_json) if inputs_json else {}
+    properties: Mapping[str, Any] = schema.get("properties") or {}
+
+    unknown = sorted(set(inputs) - set(properties))
+    if unknown:
+        raise DesktopFlowInputsError(
+            f"inputs {unknown} are not inputs of desktop flow {flow}; its inputs are {sorted(properties)}."
+        )
+
+    mismatches = []
+    for name, value in inputs.items():
+        declared = str((properties[name] or {}).get("type") or "")
+        accepted = _SCHEMA_TYPES.get(declared)
+        if accepted is None or value is None:
+            continue
+        is_bool = isinstance(value, bool)
+        if not isinstance(value, accepted) or (is_bool and declared != "boolean"):
+            mismatches.append(f"{name} (expected {declared}, got {type(value).__name__})")
+    if mismatches:
+        raise DesktopFlowInputsError(
+            f"inputs of desktop flow {flow} do not match its input schema: {', '.join(mismatches)}."
+        )

@@ -95,6 +95,7 @@ def acquire_token(config: DataverseConnectionConfig, *, force_refresh: bool = Fa
             f"the identity platform at {config.authority} could not be reached: {type(error).__name__}: {error}",
             status_code=None,
             request=f"token request for client {config.client_id}",
+            transient=True,
         ) from None
     token = (result or {}).get("access_token")
     if token:
@@ -108,6 +109,7 @@ def acquire_token(config: DataverseConnectionConfig, *, force_refresh: bool = Fa
         f"{(result or {}).get('error', 'unknown_error')}: {description.splitlines()[0]}",
         status_code=None,
         request=f"token request to {config.authority}",
+        transient=False,
     )
 
 

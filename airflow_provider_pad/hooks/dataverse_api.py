@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import re
+import time
 import uuid
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
@@ -89,11 +90,18 @@ class RetryPolicy:
     :param max_attempts: attempts in total, the first included.
     :param backoff_base_seconds: the first backoff ceiling; it doubles with each attempt.
     :param backoff_max_seconds: the highest backoff ceiling.
+    :param deadline: wall-clock time (epoch seconds) that no wait may pass; a retry that would have
+        to wait beyond it raises the last error instead. None means no deadline.
     """
 
     max_attempts: int = 5
     backoff_base_seconds: float = 1.0
     backoff_max_seconds: float = 30.0
+    deadline: float | None = None
+
+    def passes_deadline(self, delay_seconds: float) -> bool:
+        """Return whether waiting ``delay_seconds`` from now would pass the deadline."""
+        return self.deadline is not None and time.time() + delay_seconds > self.deadline
 
     def backoff_seconds(self, attempt: int) -> float:
         """Capped exponential backoff with jitter for the given 1-based attempt."""
@@ -270,6 +278,8 @@ class DataverseApi:
                 if not request.idempotent or attempt >= policy.max_attempts:
                     raise
                 delay = policy.backoff_seconds(attempt)
+                if policy.passes_deadline(delay):
+                    raise
                 log.warning(
                     "%s got no response (attempt %d of %d): %s. Retrying in %.1f s.",
                     request.description, attempt, policy.max_attempts, error.error_message, delay,
@@ -298,6 +308,9 @@ class DataverseApi:
             delay = policy.backoff_seconds(attempt)
             if isinstance(error, DataverseThrottledError) and error.retry_after_seconds is not None:
                 delay = error.retry_after_seconds
+            if policy.passes_deadline(delay):
+                error.add_note(f"A retry in {delay:.1f} s would pass the task's deadline, so none was made.")
+                raise error
             log.warning(
                 "%s returned HTTP %d (attempt %d of %d). Retrying in %.1f s.",
                 request.description, response.status_code, attempt, policy.max_attempts, delay,

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, conf
 
 from airflow_provider_pad.exceptions import (
+    DataverseApiError,
+    DataverseNotFoundError,
     DesktopFlowConfigurationError,
     DesktopFlowError,
-    DesktopFlowRunCancelledError,
-    DesktopFlowRunError,
-    DesktopFlowRunTimeoutError,
+    DesktopFlowOutputsTooLargeError,
 )
 from airflow_provider_pad.flowsession import RunOutcome
-from airflow_provider_pad.inputs import serialize_inputs
+from airflow_provider_pad.inputs import serialize_inputs, validate_against_schema
+from airflow_provider_pad.watch import (
+    NOT_FOUND_GRACE_SECONDS,
+    cancel_quietly,
+    drive,
+    raise_for_event,
+    session_event,
+    watch_run,
+)
 from airflow_provider_pad.links.desktop_flow import (
     DesktopFlowLink,
     DesktopFlowRunLink,
@@ -37,6 +47,7 @@ RUN_MODES = ("unattended", "attended")
 RUN_PRIORITIES = ("normal", "high")
 CONNECTION_TYPE_CONNECTION = 1
 CONNECTION_TYPE_REFERENCE = 2
+DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 FLOW_SESSION_ID_XCOM_KEY = "flow_session_id"
 # Task state store key of the run this task instance started; retries read it to reattach.
 RUN_STATE_KEY = "desktop_flow_run"
@@ -69,6 +80,11 @@ class RunDesktopFlowOperator(BaseOperator):
     :param deferrable: wait in the triggerer instead of holding a worker slot. Defaults to the
         ``[operators] default_deferrable`` option.
     :param cancel_on_kill: cancel the run when the task is killed or times out (default True).
+    :param validate_inputs: read the flow's input schema before starting the run and reject input
+        names it does not declare and values whose JSON type differs from the declared one (default False).
+    :param max_output_bytes: the largest outputs, in bytes of JSON, returned to XCom (default 1 MiB).
+        Larger outputs fail the task with :class:`DesktopFlowOutputsTooLargeError` instead of filling
+        the metadata database; None removes the limit.
     :param dataverse_conn_id: id of the ``dataverse`` connection (default ``dataverse_default``).
     """
 
@@ -102,6 +118,8 @@ class RunDesktopFlowOperator(BaseOperator):
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         cancel_on_kill: bool = True,
+        validate_inputs: bool = False,
+        max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
         dataverse_conn_id: str = "dataverse_default",
         **kwargs: Any,
     ) -> None:
@@ -120,6 +138,8 @@ class RunDesktopFlowOperator(BaseOperator):
         self.timeout = timeout
         self.deferrable = deferrable
         self.cancel_on_kill = cancel_on_kill
+        self.validate_inputs = validate_inputs
+        self.max_output_bytes = max_output_bytes
         self.dataverse_conn_id = dataverse_conn_id
         self.flow_session_id: str | None = None
         self._run_ended = False
@@ -150,6 +170,14 @@ class RunDesktopFlowOperator(BaseOperator):
                 f"run_timeout must be a whole number of seconds from 1 to {MAX_RUN_TIMEOUT_SECONDS}, "
                 f"not {self.run_timeout!r}."
             )
+        if self.max_output_bytes is not None and (
+            isinstance(self.max_output_bytes, bool)
+            or not isinstance(self.max_output_bytes, int)
+            or self.max_output_bytes <= 0
+        ):
+            raise DesktopFlowConfigurationError(
+                f"max_output_bytes must be a positive number of bytes or None, not {self.max_output_bytes!r}."
+            )
         for name in ("check_interval", "timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -172,34 +200,48 @@ class RunDesktopFlowOperator(BaseOperator):
         if previous is not None:
             session, deadline = previous
             self.flow_session_id = session.flow_session_id
+            not_found_grace_until = 0.0
             if session.outcome == RunOutcome.SUCCESS:
-                return self._finish(session.outcome, session=session)
+                return self._finish(session_event(session))
         else:
             flow_id = self._resolve_flow_id()
+            if self.validate_inputs:
+                schema = self.hook.get_input_schema(flow_id)
+                validate_against_schema(body.get("inputs"), schema, self.flow_name or flow_id)
             deadline = time.time() + self.timeout
             self.flow_session_id = self._start_run(flow_id, body, context)
+            not_found_grace_until = time.time() + NOT_FOUND_GRACE_SECONDS
             self._remember_run(context, flow_id, deadline)
         if not self.wait_for_termination:
             return None
 
+        self.hook.retry_policy = replace(self.hook.retry_policy, deadline=deadline)
         if self.deferrable:
-            session = self.hook.get_flow_session(self.flow_session_id)
-            if not session.has_ended:
-                self._defer(deadline)
-        else:
-            session = self._wait(deadline)
-        return self._finish(session.outcome, session=session)
+            session = self._read_status_before_deferring(not_found_grace_until)
+            if session is not None and session.has_ended:
+                return self._finish(session_event(session))
+            self._defer(deadline, not_found_grace_until)
+
+        watcher = watch_run(
+            self.flow_session_id,
+            check_interval=self.check_interval,
+            deadline=deadline,
+            cancel_at_deadline=self.cancel_on_kill,
+            not_found_grace_until=not_found_grace_until,
+            log=self.log,
+        )
+        return self._finish(drive(watcher, self.hook, self.flow_session_id, self.log))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Finish the task from the trigger's event; safe to call more than once for one event."""
         self.flow_session_id = event["flow_session_id"]
-        return self._finish(event["status"], event=event)
+        return self._finish(event)
 
     def on_kill(self) -> None:
         """Cancel the run when the task is killed while it waits on the worker."""
         if not self.cancel_on_kill or self.flow_session_id is None or self._run_ended:
             return
-        self._cancel_run("the task was killed")
+        cancel_quietly(lambda: self.hook.cancel_run(str(self.flow_session_id)), self.flow_session_id, "the task was killed", self.log)
 
     # Steps ---------------------------------------------------------------------------------------
 
@@ -313,7 +355,7 @@ class RunDesktopFlowOperator(BaseOperator):
         self._store_links(context, str(stored["flow_id"]), flow_session_id)
         return session, float(stored["deadline"])
 
-    def _defer(self, deadline: float) -> None:
+    def _defer(self, deadline: float, not_found_grace_until: float) -> None:
         from airflow_provider_pad.triggers.desktop_flow import DesktopFlowRunTrigger
 
         self.log.info(
@@ -329,85 +371,36 @@ class RunDesktopFlowOperator(BaseOperator):
                 check_interval=self.check_interval,
                 deadline=deadline,
                 cancel_on_kill=self.cancel_on_kill,
+                not_found_grace_until=not_found_grace_until,
             ),
             method_name="execute_complete",
         )
 
-    def _wait(self, deadline: float) -> FlowSession:
-        """Poll the run on the worker until it ends or ``deadline`` (epoch seconds) passes."""
-        assert self.flow_session_id is not None
-        last_label = None
-        while True:
-            session = self.hook.get_flow_session(self.flow_session_id)
-            if session.label != last_label:
-                self.log.info("Desktop flow run %s is %s.", self.flow_session_id, session.label)
-                last_label = session.label
-            if session.has_ended:
-                return session
+    def _read_status_before_deferring(self, not_found_grace_until: float) -> FlowSession | None:
+        """Read the status once, so a run that already ended needs no trigger; None if unreadable now."""
+        try:
+            return self.hook.get_flow_session(str(self.flow_session_id))
+        except DataverseNotFoundError:
+            if time.time() >= not_found_grace_until:
+                raise
+        except DataverseApiError as error:
+            if not error.is_transient:
+                raise
+            self.log.warning("Reading desktop flow run %s failed; the trigger reads it again: %s", self.flow_session_id, error)
+        return None
 
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                cancelled = self.cancel_on_kill and self._cancel_run("the timeout passed")
-                raise DesktopFlowRunTimeoutError(
-                    flow_session_id=self.flow_session_id,
-                    timeout_seconds=self.timeout,
-                    last_status_label=session.label,
-                    cancelled=cancelled,
-                )
-            time.sleep(min(self.check_interval, remaining))
-
-    def _finish(
-        self, outcome: str, *, session: FlowSession | None = None, event: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    def _finish(self, event: dict[str, Any]) -> dict[str, Any]:
         """Return the outputs of a successful run or raise the error that matches its outcome."""
         self._run_ended = True
-        details = _run_details(session, event)
-        flow_session_id = str(self.flow_session_id)
+        raise_for_event(event, timeout_seconds=self.timeout)
 
-        if outcome == RunOutcome.SUCCESS:
-            outputs = self.hook.get_run_outputs(flow_session_id)
-            self.log.info("Desktop flow run %s succeeded with outputs %s.", flow_session_id, sorted(outputs))
-            return outputs
-        if outcome == RunOutcome.CANCELLED:
-            raise DesktopFlowRunCancelledError(flow_session_id=flow_session_id, **details)
-        if outcome == RunOutcome.FAILED:
-            raise DesktopFlowRunError(flow_session_id=flow_session_id, **details)
-        if outcome == RunOutcome.TIMEOUT:
-            raise DesktopFlowRunTimeoutError(
-                flow_session_id=flow_session_id,
-                timeout_seconds=self.timeout,
-                last_status_label=details["status_label"],
-                cancelled=bool(event and event.get("cancelled")),
+        outputs = self.hook.get_run_outputs(str(self.flow_session_id))
+        size = len(json.dumps(outputs, ensure_ascii=False).encode("utf-8"))
+        if self.max_output_bytes is not None and size > self.max_output_bytes:
+            raise DesktopFlowOutputsTooLargeError(
+                f"Desktop flow run {self.flow_session_id} succeeded, but its outputs are {size} bytes of JSON, "
+                f"more than max_output_bytes={self.max_output_bytes}, so they were not pushed to XCom. Have the "
+                "flow write large data to storage and output a reference, or raise max_output_bytes."
             )
-        if session is not None:
-            # A statuscode outside the documented table: neither success nor a known failure.
-            raise DesktopFlowRunError(flow_session_id=flow_session_id, **details)
-        message = (event or {}).get("message") or f"Watching desktop flow run {flow_session_id} failed."
-        raise DesktopFlowError(message)
-
-    def _cancel_run(self, reason: str) -> bool:
-        """Send a cancel request, logging instead of raising when it fails, so the real outcome stays."""
-        try:
-            self.hook.cancel_run(str(self.flow_session_id))
-        except DesktopFlowError as error:
-            self.log.warning("Cancelling desktop flow run %s (%s) failed: %s", self.flow_session_id, reason, error)
-            return False
-        self.log.info("Cancelled desktop flow run %s because %s.", self.flow_session_id, reason)
-        return True
-
-
-def _run_details(session: FlowSession | None, event: dict[str, Any] | None) -> dict[str, Any]:
-    if session is not None:
-        return {
-            "statuscode": session.statuscode,
-            "status_label": session.label,
-            "errorcode": session.errorcode,
-            "errormessage": session.errormessage,
-        }
-    event = event or {}
-    return {
-        "statuscode": event.get("statuscode"),
-        "status_label": event.get("status_label") or "unknown",
-        "errorcode": event.get("errorcode"),
-        "errormessage": event.get("errormessage"),
-    }
+        self.log.info("Desktop flow run %s succeeded with outputs %s.", self.flow_session_id, sorted(outputs))
+        return outputs

@@ -8,13 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
-from airflow_provider_pad.exceptions import (
-    DesktopFlowError,
-    DesktopFlowRunCancelledError,
-    DesktopFlowRunError,
-    DesktopFlowRunTimeoutError,
-)
-from airflow_provider_pad.flowsession import RunOutcome
+from airflow_provider_pad.watch import raise_for_event, session_event
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -85,44 +79,15 @@ class DesktopFlowRunSensor(BaseSensorOperator):
         self.log.info("Desktop flow run %s is %s.", session.flow_session_id, session.label)
         if not session.has_ended:
             return False
-        details = {
-            "flow_session_id": session.flow_session_id,
-            "statuscode": session.statuscode,
-            "status_label": session.label,
-            "errorcode": session.errorcode,
-            "errormessage": session.errormessage,
-        }
-        if session.outcome == RunOutcome.CANCELLED:
-            raise DesktopFlowRunCancelledError(**details)
-        if session.outcome != RunOutcome.SUCCESS:
-            raise DesktopFlowRunError(**details)
+        raise_for_event(session_event(session), timeout_seconds=float(self.timeout))
         if self.push_outputs and not self.deferrable:
             return PokeReturnValue(is_done=True, xcom_value=self._outputs())
         return True
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        status = event["status"]
-        details = {
-            "flow_session_id": event["flow_session_id"],
-            "statuscode": event.get("statuscode"),
-            "status_label": event.get("status_label") or "unknown",
-            "errorcode": event.get("errorcode"),
-            "errormessage": event.get("errormessage"),
-        }
-        if status == RunOutcome.SUCCESS:
-            return self._outputs() if self.push_outputs else None
-        if status == RunOutcome.CANCELLED:
-            raise DesktopFlowRunCancelledError(**details)
-        if status == RunOutcome.FAILED:
-            raise DesktopFlowRunError(**details)
-        if status == RunOutcome.TIMEOUT:
-            raise DesktopFlowRunTimeoutError(
-                flow_session_id=details["flow_session_id"],
-                timeout_seconds=float(self.timeout),
-                last_status_label=details["status_label"],
-                cancelled=False,
-            )
-        raise DesktopFlowError(event.get("message") or f"Watching desktop flow run {self.flow_session_id} failed.")
+        """Finish from the trigger's event: return the outputs (when asked) or raise the run's error."""
+        raise_for_event(event, timeout_seconds=float(self.timeout))
+        return self._outputs() if self.push_outputs else None
 
     def _outputs(self) -> dict[str, Any]:
         return self.hook.get_run_outputs(str(self.flow_session_id))

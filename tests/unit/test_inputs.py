@@ -7,7 +7,7 @@ import json
 import pytest
 
 from airflow_provider_pad.exceptions import DesktopFlowInputsError
-from airflow_provider_pad.inputs import MAX_INPUTS_BYTES, serialize_inputs
+from airflow_provider_pad.inputs import MAX_INPUTS_BYTES, serialize_inputs, validate_against_schema
 
 
 def test_none_means_no_inputs():
@@ -84,3 +84,33 @@ def test_size_limit_allows_exactly_2_mb():
     text = serialize_inputs({"t": "a" * (MAX_INPUTS_BYTES - overhead)})
 
     assert len(text.encode("utf-8")) == MAX_INPUTS_BYTES
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "count": {"type": "number"},
+        "ok": {"type": "boolean"},
+        "rows": {"type": "array"},
+        "custom": {"type": "datatable"},
+    },
+}
+
+
+def test_schema_accepts_declared_types():
+    validate_against_schema('{"name": "a", "count": 1, "ok": true, "rows": [], "custom": {}}', SCHEMA, "flow")
+
+
+def test_schema_allows_missing_inputs():
+    validate_against_schema('{"name": "a"}', SCHEMA, "flow")
+
+
+def test_schema_rejects_bool_as_number():
+    with pytest.raises(DesktopFlowInputsError, match=r"count \(expected number, got bool\)"):
+        validate_against_schema('{"count": true}', SCHEMA, "flow")
+
+
+def test_schema_lists_unknown_names():
+    with pytest.raises(DesktopFlowInputsError, match=r"\['Name', 'zeta'\] are not inputs of desktop flow flow"):
+        validate_against_schema('{"Name": "a", "zeta": 1}', SCHEMA, "flow")

@@ -12,6 +12,7 @@ from airflow_provider_pad.emulator import EmulatedFlow
 from airflow_provider_pad.exceptions import (
     DesktopFlowConfigurationError,
     DesktopFlowInputsError,
+    DesktopFlowOutputsTooLargeError,
     DesktopFlowRunCancelledError,
     DesktopFlowRunError,
     DesktopFlowRunTimeoutError,
@@ -325,3 +326,43 @@ def test_without_state_store_retry_starts_new_run(dataverse):
         make_operator(flow_name="Slow flow", wait_for_termination=False).execute(make_context())
 
     assert dataverse.count("run") == 2
+
+
+def test_schema_validation_rejects_unknown_names(dataverse):
+    operator = make_operator(validate_inputs=True, inputs={"inputText": "a", "inputTxet": "b", "extra": 1})
+
+    with pytest.raises(DesktopFlowInputsError, match=r"\['extra', 'inputTxet'\] are not inputs"):
+        operator.execute(make_context())
+
+    assert dataverse.count("input_schema") == 1
+    assert dataverse.count("run") == 0
+
+
+def test_schema_validation_rejects_wrong_types(dataverse):
+    operator = make_operator(validate_inputs=True, inputs={"inputText": 5, "inputInteger": "7"})
+
+    with pytest.raises(DesktopFlowInputsError) as caught:
+        operator.execute(make_context())
+
+    assert "inputText (expected string, got int)" in str(caught.value)
+    assert "inputInteger (expected number, got str)" in str(caught.value)
+    assert dataverse.count("run") == 0
+
+
+def test_schema_validation_accepts_matching_inputs(dataverse):
+    operator = make_operator(validate_inputs=True, inputs={"inputText": "ok", "inputInteger": 2.5})
+
+    assert operator.execute(make_context())["outputText"] == "OK"
+
+
+def test_outputs_over_limit_not_returned(dataverse):
+    operator = make_operator(inputs={"inputText": "x" * 200, "inputInteger": 1}, max_output_bytes=100)
+
+    with pytest.raises(DesktopFlowOutputsTooLargeError, match="more than max_output_bytes=100"):
+        operator.execute(make_context())
+
+
+@pytest.mark.parametrize("limit", [0, -5, 1.5, True])
+def test_invalid_output_limit_rejected(limit):
+    with pytest.raises(DesktopFlowConfigurationError, match="max_output_bytes"):
+        RunDesktopFlowOperator(task_id="t", flow_name="f", connection_name="c", max_output_bytes=limit)

@@ -170,3 +170,62 @@ def test_restart_resumes_without_cancel(dataverse):
 
     assert event["status"] == "success"
     assert dataverse.count("cancel") == 0
+
+
+def gateway_error(status: int) -> Fault:
+    return Fault(status=status, body="<html><body><h1>Bad gateway</h1></body></html>", headers={"Content-Type": "text/html"})
+
+
+def test_transient_errors_do_not_fail_watch(dataverse):
+    flow_session_id = start_run(dataverse, "Desktop flow 1")
+    dataverse.inject("get_session", *[gateway_error(503)] * 6)
+
+    event = collect_events(make_trigger(flow_session_id))[0]
+
+    assert event["status"] == "success"
+    assert dataverse.count("get_session", status=503) == 6
+
+
+def test_not_found_tolerated_during_grace(dataverse):
+    flow_session_id = start_run(dataverse, "Desktop flow 1")
+    dataverse.inject("get_session", Fault(status=404), Fault(status=404))
+
+    event = collect_events(make_trigger(flow_session_id, not_found_grace_until=time.time() + 30))[0]
+
+    assert event["status"] == "success"
+    assert dataverse.count("get_session", status=404) == 2
+
+
+def test_not_found_after_grace_is_error(dataverse):
+    flow_session_id = start_run(dataverse, "Desktop flow 1")
+    dataverse.inject("get_session", Fault(status=404))
+
+    event = collect_events(make_trigger(flow_session_id))[0]
+
+    assert event["status"] == "error"
+    assert "HTTP 404" in event["message"]
+
+
+def test_retry_after_never_passes_deadline(dataverse):
+    add_slow_flow(dataverse)
+    flow_session_id = start_run(dataverse, "Slow flow")
+    dataverse.inject("get_session", Fault(status=429, headers={"Retry-After": "120"}))
+    started = time.monotonic()
+
+    event = collect_events(make_trigger(flow_session_id, seconds=1.0))[0]
+
+    assert time.monotonic() - started < 10
+    assert event["status"] == "timeout"
+    assert dataverse.count("cancel") == 1
+
+
+def test_failed_cancel_keeps_timeout_outcome(dataverse):
+    add_slow_flow(dataverse)
+    flow_session_id = start_run(dataverse, "Slow flow")
+    dataverse.inject("cancel", Fault(status=403))
+
+    event = collect_events(make_trigger(flow_session_id, seconds=0.3))[0]
+
+    assert event["status"] == "timeout"
+    assert event["cancelled"] is False
+    assert dataverse.count("cancel") == 1
