@@ -24,9 +24,19 @@ Without ``flows``, the emulator serves these flows, with fixed workflow ids:
 outputs has succeeded. In every other case (a run still queued or running, a run that did
 not succeed, a flow without outputs) it returns 200 with an empty body.
 
+``GET flowsessions`` lists runs with ``$filter``, ``$select``, ``$orderby``, ``$top`` and paging.
+Its ``$filter`` takes ``eq``, ``ne``, ``gt``, ``ge``, ``lt`` and ``le`` comparisons, unquoted GUIDs and
+dates and times, and ``Microsoft.Dynamics.CRM.In``, so that a client can read many runs at once::
+
+    GET /api/data/v9.2/flowsessions?$select=statuscode,completedon
+        &$filter=Microsoft.Dynamics.CRM.In(PropertyName='flowsessionid',PropertyValues=['<id>','<id>'])
+
+:meth:`DataverseEmulator.count_session_reads` returns how many status reads a run got. A Web API
+request target longer than ``max_url_length`` (default 32768 characters) gets 414.
+
 The request log, :meth:`DataverseEmulator.count` and :meth:`DataverseEmulator.inject` name
 endpoints as :data:`ENDPOINT_NAMES` lists them: ``token``, ``openid``, ``list_workflows``,
-``get_workflow``, ``input_schema``, ``output_schema``, ``run``, ``get_session``,
+``get_workflow``, ``input_schema``, ``output_schema``, ``run``, ``list_sessions``, ``get_session``,
 ``session_outputs``, ``cancel``, ``whoami`` and ``current_organization``.
 """
 

@@ -2,7 +2,8 @@
 The emulator's ASGI application: route requests, check tokens, apply scripted faults, and log each request.
 
 The admin routes under ``/_emulator/`` let a test that runs the emulator in another process
-read and reset the request log. They need no token and are not logged.
+read and reset the request log, and read each flow session's status read count. They need no
+token and are not logged.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def build_routes(identity_platform: IdentityPlatform, web_api: DataverseApi) -> 
         ("GET", rf"workflows{key}/inputs/\$value", "input_schema", web_api.input_schema),
         ("GET", rf"workflows{key}/outputs/\$value", "output_schema", web_api.output_schema),
         ("POST", rf"workflows{key}/Microsoft\.Dynamics\.CRM\.RunDesktopFlow", "run", web_api.run),
+        ("GET", r"flowsessions", "list_sessions", web_api.list_sessions),
         ("GET", rf"flowsessions{key}", "get_session", web_api.get_session),
         ("GET", rf"flowsessions{key}/outputs/\$value", "session_outputs", web_api.session_outputs),
         ("POST", rf"flowsessions{key}/Microsoft\.Dynamics\.CRM\.CancelDesktopFlowRun", "cancel", web_api.cancel),
@@ -125,13 +127,17 @@ class EmulatorApp:
         await request.body()
         route, arguments = self._resolve(request.method, scope["path"])
         endpoint = route.endpoint if route is not None else None
-        fault = self._state.take_fault(endpoint) if endpoint is not None else None
 
-        if fault is None:
-            response = await self._handle(request, route, arguments)
-        else:
-            assert route is not None
-            response = await self._apply_fault(fault, request, route, arguments)
+        # An over-long URL is rejected before faults and tokens, as a front-end server would.
+        fault = None
+        response = self._check_url_length(scope)
+        if response is None:
+            fault = self._state.take_fault(endpoint) if endpoint is not None else None
+            if fault is None:
+                response = await self._handle(request, route, arguments)
+            else:
+                assert route is not None
+                response = await self._apply_fault(fault, request, route, arguments)
 
         if response is None:
             self._record(request, 0, endpoint, arrived_at, injected=True)
@@ -186,6 +192,36 @@ class EmulatorApp:
             return dataverse_error_response(
                 500, "0x80040216", "An unexpected error occurred in the Dataverse emulator. Its log has the traceback."
             )
+
+    def _check_url_length(self, scope: Scope) -> Response | None:
+        """
+        Return a 414 response when a Web API request target (path and query) is longer than ``max_url_length``.
+
+        The length counts the characters as sent, after percent-encoding.
+        """
+        if not scope["path"].startswith(WEB_API_PREFIX):
+            return None
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query = scope["query_string"]
+        length = len(raw_path) + (len(query) + 1 if query else 0)
+        if length <= self._settings.max_url_length:
+            return None
+
+        logger.info(
+            "Rejecting %s: the request target has %s characters, over max_url_length %s.",
+            scope["path"],
+            length,
+            self._settings.max_url_length,
+        )
+        # NOTE: Microsoft documents the maximum (32768 characters) but not the status or body
+        # sent beyond it. A gateway may send 400 "Invalid URL" or an HTML page instead.
+        return dataverse_error_response(
+            414,
+            ODATA_REQUEST_ERROR,
+            f"The request target (path and query string) is {length} characters long, over the maximum of "
+            f"{self._settings.max_url_length}. Send fewer values per request, for example by splitting a "
+            "Microsoft.Dynamics.CRM.In list into several requests.",
+        )
 
     def _check_token(self, request: Request) -> Response | None:
         """Return a 401 response unless the request carries a valid, unexpired bearer token."""
@@ -272,8 +308,11 @@ class EmulatorApp:
         if request.method == "POST" and path == "expire-tokens":
             self._state.expire_tokens()
             return Response(status_code=204)
+        if request.method == "GET" and path == "session-reads":
+            return Response(json_bytes(self._state.session_read_counts()), media_type="application/json")
         message: dict[str, Any] = {
             "error": f"No admin route {request.method} {ADMIN_PREFIX}{path}. "
-            f"Routes: GET {ADMIN_PREFIX}requests, POST {ADMIN_PREFIX}reset, POST {ADMIN_PREFIX}expire-tokens."
+            f"Routes: GET {ADMIN_PREFIX}requests, POST {ADMIN_PREFIX}reset, POST {ADMIN_PREFIX}expire-tokens, "
+            f"GET {ADMIN_PREFIX}session-reads."
         }
         return Response(json_bytes(message), status_code=404, media_type="application/json")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -21,10 +23,10 @@ from airflow_provider_pad.emulator.flows import (
 from airflow_provider_pad.emulator.identifiers import BUSINESS_UNIT_ID, ENVIRONMENT_ID, ORGANIZATION_ID, USER_ID
 from airflow_provider_pad.emulator.odata import (
     ColumnType,
+    Row,
     build_query_string,
     decode_skiptoken,
     encode_skiptoken,
-    parse_filter,
     parse_max_page_size,
     parse_orderby,
     parse_query_options,
@@ -32,6 +34,7 @@ from airflow_provider_pad.emulator.odata import (
     parse_top,
     sort_rows,
 )
+from airflow_provider_pad.emulator.odata_filter import Predicate, parse_filter
 from airflow_provider_pad.emulator.responses import (
     INVALID_ARGUMENT,
     OBJECT_DOES_NOT_EXIST,
@@ -62,10 +65,59 @@ WORKFLOW_COLUMN_TYPES = {
     "description": ColumnType.STRING,
 }
 
+SESSION_COLUMN_TYPES = {
+    "flowsessionid": ColumnType.GUID,
+    "statuscode": ColumnType.INT32,
+    "statecode": ColumnType.INT32,
+    "createdon": ColumnType.DATETIME_OFFSET,
+    "modifiedon": ColumnType.DATETIME_OFFSET,
+    "startedon": ColumnType.DATETIME_OFFSET,
+    "completedon": ColumnType.DATETIME_OFFSET,
+    "errorcode": ColumnType.STRING,
+    "errormessage": ColumnType.STRING,
+    "errordetails": ColumnType.STRING,
+    "_regardingobjectid_value": ColumnType.GUID,
+    "triggertype": ColumnType.INT32,
+    "runmode": ColumnType.INT32,
+}
+
+COLLECTION_QUERY_OPTIONS = frozenset({"$filter", "$select", "$orderby", "$top", "$skiptoken"})
+
 # workflow.type 1 is a definition, as opposed to an activation or a template.
 WORKFLOW_DEFINITION_TYPE = 1
 
 _ACCESS_TYPE_PATTERN = re.compile(r"Microsoft\.Dynamics\.CRM\.EndpointAccessType'(?P<value>Default|Internet|Intranet)'")
+
+
+@dataclass(frozen=True)
+class CollectionQuery:
+    """The query options and paging preference of one ``GET <entity set>`` request."""
+
+    options: dict[str, str]
+    selected: list[str] | None
+    predicate: Predicate
+    ordering: list[tuple[str, bool]]
+    top: int | None
+    requested_page_size: int | None
+    page_number: int
+    offset: int
+
+
+def parse_collection_query(request: Request, columns: dict[str, ColumnType], entity: str) -> CollectionQuery:
+    """Read $filter (with parameter aliases), $select, $orderby, $top, $skiptoken and ``Prefer: odata.maxpagesize``."""
+    options = parse_query_options(request.scope["query_string"], allowed=COLLECTION_QUERY_OPTIONS)
+    aliases = {name: value for name, value in options.items() if name.startswith("@")}
+    page_number, offset = decode_skiptoken(options.get("$skiptoken"))
+    return CollectionQuery(
+        options=options,
+        selected=parse_select(options.get("$select"), columns, entity),
+        predicate=parse_filter(options.get("$filter"), columns, entity, aliases),
+        ordering=parse_orderby(options.get("$orderby"), columns, entity),
+        top=parse_top(options.get("$top")),
+        requested_page_size=parse_max_page_size(request.headers.getlist("prefer")),
+        page_number=page_number,
+        offset=offset,
+    )
 
 
 class DataverseApi:
@@ -79,43 +131,15 @@ class DataverseApi:
 
     async def list_workflows(self, request: Request) -> Response:
         """Serve ``GET workflows`` with $filter, $select, $orderby, $top and server-driven paging."""
-        options = parse_query_options(
-            request.scope["query_string"], allowed={"$filter", "$select", "$orderby", "$top", "$skiptoken"}
-        )
-        selected = parse_select(options.get("$select"), WORKFLOW_COLUMN_TYPES, "workflow")
-        predicate = parse_filter(options.get("$filter"), WORKFLOW_COLUMN_TYPES, "workflow")
-        ordering = parse_orderby(options.get("$orderby"), WORKFLOW_COLUMN_TYPES, "workflow")
-        top = parse_top(options.get("$top"))
-        requested_page_size = parse_max_page_size(request.headers.getlist("prefer"))
-        page_number, offset = decode_skiptoken(options.get("$skiptoken"))
-
+        query = parse_collection_query(request, WORKFLOW_COLUMN_TYPES, "workflow")
         include_unpublished = request.headers.get("MSCRM.IncludeUnpublished", "").strip().lower() == "true"
         rows = [
             _workflow_row(flow, version)
             for flow, version in self._state.flow_rows()
             if flow.published or include_unpublished
         ]
-        rows = sort_rows([row for row in rows if predicate(row)], ordering)
-
-        # Dataverse ignores $top when the client asks for pages with odata.maxpagesize.
-        if top is not None and requested_page_size is None:
-            rows = rows[:top]
-
-        page_size = min(requested_page_size or self._settings.page_size, self._settings.page_size)
-        page = rows[offset : offset + page_size]
-        body: dict[str, Any] = {
-            "@odata.context": self._context_url("workflows", selected),
-            "value": [_project(row, selected, "workflowid") for row in page],
-        }
-        if offset + page_size < len(rows):
-            next_options = {name: value for name, value in options.items() if name != "$skiptoken"}
-            next_options["$skiptoken"] = encode_skiptoken(page_number + 1, offset + page_size)
-            body["@odata.nextLink"] = f"{self._settings.web_api_url}/workflows?{build_query_string(next_options)}"
-
-        headers = {}
-        if requested_page_size is not None:
-            headers["Preference-Applied"] = f"odata.maxpagesize={page_size}"
-        return dataverse_json_response(body, headers=headers)
+        response, _ = self._collection_page("workflows", "workflowid", rows, query)
+        return response
 
     async def get_workflow(self, request: Request, key: str) -> Response:
         """Serve ``GET workflows(<id>)`` with optional $select."""
@@ -166,12 +190,30 @@ class DataverseApi:
 
     # Flow sessions
 
+    async def list_sessions(self, request: Request) -> Response:
+        """
+        Serve ``GET flowsessions`` with $filter, $select, $orderby, $top and server-driven paging.
+
+        $filter also takes ``Microsoft.Dynamics.CRM.In(PropertyName='flowsessionid',PropertyValues=[...])``,
+        so that a client can read the status of many runs in one request. Each row on the
+        returned page counts as one status read of its session.
+
+        ``createdon`` has whole seconds, so runs created within the same second compare equal in
+        $filter and $orderby. Ties keep creation order.
+        """
+        query = parse_collection_query(request, SESSION_COLUMN_TYPES, "flowsession")
+        rows = [_session_row(session) for session in self._state.sessions().values()]
+        response, page = self._collection_page("flowsessions", "flowsessionid", rows, query)
+        self._state.record_session_reads(row["flowsessionid"] for row in page)
+        return response
+
     async def get_session(self, request: Request, key: str) -> Response:
-        """Serve ``GET flowsessions(<id>)`` with optional $select."""
+        """Serve ``GET flowsessions(<id>)`` with optional $select. Each response counts as one status read."""
         options = parse_query_options(request.scope["query_string"], allowed={"$select"})
         selected = parse_select(options.get("$select"), SESSION_COLUMNS, "flowsession")
         session = self._find_session(key)
-        row = {"@odata.etag": _session_etag(session), **session.to_row()}
+        self._state.record_session_reads([session.flowsession_id])
+        row = _session_row(session)
         body = {
             "@odata.context": self._context_url("flowsessions", selected, single=True),
             **_project(row, selected, "flowsessionid"),
@@ -293,6 +335,32 @@ class DataverseApi:
                 "such as Microsoft.Dynamics.CRM.EndpointAccessType'Default'.",
             )
 
+    def _collection_page(
+        self, entity_set: str, primary_key: str, rows: Sequence[Row], query: CollectionQuery
+    ) -> tuple[Response, list[Row]]:
+        """Filter, sort and page ``rows`` for ``query``. Return the response and the rows on its page."""
+        rows = sort_rows([row for row in rows if query.predicate(row)], query.ordering)
+
+        # Dataverse ignores $top when the client asks for pages with odata.maxpagesize.
+        if query.top is not None and query.requested_page_size is None:
+            rows = rows[: query.top]
+
+        page_size = min(query.requested_page_size or self._settings.page_size, self._settings.page_size)
+        page = rows[query.offset : query.offset + page_size]
+        body: dict[str, Any] = {
+            "@odata.context": self._context_url(entity_set, query.selected),
+            "value": [_project(row, query.selected, primary_key) for row in page],
+        }
+        if query.offset + page_size < len(rows):
+            next_options = {name: value for name, value in query.options.items() if name != "$skiptoken"}
+            next_options["$skiptoken"] = encode_skiptoken(query.page_number + 1, query.offset + page_size)
+            body["@odata.nextLink"] = f"{self._settings.web_api_url}/{entity_set}?{build_query_string(next_options)}"
+
+        headers = {}
+        if query.requested_page_size is not None:
+            headers["Preference-Applied"] = f"odata.maxpagesize={page_size}"
+        return dataverse_json_response(body, headers=headers), page
+
     def _find_flow(self, key: str) -> tuple[EmulatedFlow, int]:
         try:
             return self._state.get_flow(_parse_key(key))
@@ -354,6 +422,10 @@ def _project(row: dict[str, Any], selected: list[str] | None, primary_key: str) 
 
 def _schema_document(properties: dict[str, Any]) -> dict[str, Any]:
     return {"schema": {"type": "object", "properties": properties}}
+
+
+def _session_row(session: FlowSession) -> dict[str, Any]:
+    return {"@odata.etag": _session_etag(session), **session.to_row()}
 
 
 def _session_etag(session: FlowSession) -> str:

@@ -1,25 +1,19 @@
 """
-Parse the OData query options the emulator supports: ``$filter``, ``$select``, ``$orderby``,
-``$top``, ``$skiptoken`` and the ``Prefer: odata.maxpagesize`` header.
+Parse the OData query options the emulator supports: ``$select``, ``$orderby``, ``$top``,
+``$skiptoken`` and the ``Prefer: odata.maxpagesize`` header. :mod:`odata_filter` parses ``$filter``.
 
-The ``$filter`` grammar is a subset of OData 4.0: comparisons ``column eq literal`` and
-``column ne literal`` joined by ``and``, ``or`` and ``not``, with parentheses. Literals are
-single-quoted strings (a quote inside is doubled), integers, GUIDs and ``null``. Anything else
-raises ODataQueryError, which the caller turns into a 400 response.
+Anything malformed or unsupported raises ODataQueryError, which the caller turns into a 400 response.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
 Row = Mapping[str, Any]
-Predicate = Callable[[Row], bool]
 
 
 class ODataQueryError(ValueError):
@@ -27,12 +21,15 @@ class ODataQueryError(ValueError):
 
 
 class ColumnType(enum.Enum):
-    """Edm type of a filterable column."""
+    """Edm type of a filterable column or of a ``$filter`` literal."""
 
     STRING = "Edm.String"
     INT32 = "Edm.Int32"
     GUID = "Edm.Guid"
     BOOLEAN = "Edm.Boolean"
+    DATETIME_OFFSET = "Edm.DateTimeOffset"
+    # Only a literal such as 2026-12-04 has this type. No emulated column does.
+    DATE = "Edm.Date"
 
 
 # Characters left unencoded when the emulator writes query options into a link. Everything
@@ -88,7 +85,7 @@ def parse_select(value: str | None, columns: Iterable[str], entity: str) -> list
         if not column:
             raise ODataQueryError(f"The $select value '{value}' has an empty column name.")
         if column not in known:
-            raise ODataQueryError(_unknown_property_message(column, entity))
+            raise ODataQueryError(unknown_property_message(column, entity))
         if column not in selected:
             selected.append(column)
     return selected
@@ -105,7 +102,7 @@ def parse_orderby(value: str | None, columns: Iterable[str], entity: str) -> lis
         if not words or len(words) > 2 or (len(words) == 2 and words[1] not in ("asc", "desc")):
             raise ODataQueryError(f"The $orderby clause '{clause}' is not 'column', 'column asc' or 'column desc'.")
         if words[0] not in known:
-            raise ODataQueryError(_unknown_property_message(words[0], entity))
+            raise ODataQueryError(unknown_property_message(words[0], entity))
         ordering.append((words[0], len(words) == 2 and words[1] == "desc"))
     return ordering
 
@@ -167,228 +164,5 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return 1, value
 
 
-def _unknown_property_message(column: str, entity: str) -> str:
+def unknown_property_message(column: str, entity: str) -> str:
     return f"Could not find a property named '{column}' on type 'Microsoft.Dynamics.CRM.{entity}'."
-
-
-# $filter
-
-
-class _TokenKind(enum.Enum):
-    OPEN = "("
-    CLOSE = ")"
-    COMMA = ","
-    NAME = "name"
-    STRING = "string"
-    INTEGER = "integer"
-    GUID = "guid"
-    END = "end of expression"
-
-
-@dataclass(frozen=True)
-class _Token:
-    kind: _TokenKind
-    text: str
-    position: int
-    value: Any = None
-
-
-_GUID_PATTERN = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}(?![\w.-])")
-_INTEGER_PATTERN = re.compile(r"-?[0-9]+(?![\w.])")
-_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
-
-_COMPARISON_OPERATORS = {"eq": "Equal", "ne": "NotEqual"}
-_UNSUPPORTED_OPERATORS = {"gt", "ge", "lt", "le", "has", "in", "add", "sub", "mul", "div", "mod"}
-_KEYWORD_LITERALS = {"null": (None, None), "true": (True, ColumnType.BOOLEAN), "false": (False, ColumnType.BOOLEAN)}
-
-
-def parse_filter(expression: str | None, columns: Mapping[str, ColumnType], entity: str) -> Predicate:
-    """Compile a ``$filter`` expression into a predicate over rows. No expression matches every row."""
-    if expression is None:
-        return lambda row: True
-    if not expression.strip():
-        raise ODataQueryError("The $filter expression is empty.")
-    return _FilterParser(expression, columns, entity).parse()
-
-
-def _tokenize(expression: str) -> list[_Token]:
-    tokens = []
-    position = 0
-    while position < len(expression):
-        character = expression[position]
-        if character.isspace():
-            position += 1
-            continue
-        if character in "(),":
-            tokens.append(_Token(_TokenKind(character), character, position))
-            position += 1
-            continue
-        if character == "'":
-            token, position = _read_string(expression, position)
-            tokens.append(token)
-            continue
-
-        match = _GUID_PATTERN.match(expression, position)
-        if match:
-            tokens.append(_Token(_TokenKind.GUID, match.group(), position, str(uuid.UUID(match.group()))))
-            position = match.end()
-            continue
-        match = _INTEGER_PATTERN.match(expression, position)
-        if match:
-            tokens.append(_Token(_TokenKind.INTEGER, match.group(), position, int(match.group())))
-            position = match.end()
-            continue
-        match = _NAME_PATTERN.match(expression, position)
-        if match:
-            tokens.append(_Token(_TokenKind.NAME, match.group(), position))
-            position = match.end()
-            continue
-        raise ODataQueryError(f"Syntax error: character {character!r} at position {position} in '{expression}'.")
-
-    tokens.append(_Token(_TokenKind.END, "", len(expression)))
-    return tokens
-
-
-def _read_string(expression: str, start: int) -> tuple[_Token, int]:
-    """Read the string literal that opens at ``start``, where a doubled quote is one quote character."""
-    characters = []
-    position = start + 1
-    while position < len(expression):
-        if expression[position] != "'":
-            characters.append(expression[position])
-            position += 1
-        elif expression.startswith("''", position):
-            characters.append("'")
-            position += 2
-        else:
-            text = expression[start : position + 1]
-            return _Token(_TokenKind.STRING, text, start, "".join(characters)), position + 1
-    raise ODataQueryError(f"Syntax error: the string literal at position {start} in '{expression}' is not closed.")
-
-
-class _FilterParser:
-    """Recursive-descent parser: or-expression, and-expression, not, then comparison or parentheses."""
-
-    def __init__(self, expression: str, columns: Mapping[str, ColumnType], entity: str) -> None:
-        self._expression = expression
-        self._columns = columns
-        self._entity = entity
-        self._tokens = _tokenize(expression)
-        self._index = 0
-
-    def parse(self) -> Predicate:
-        predicate = self._parse_or()
-        self._expect(_TokenKind.END)
-        return predicate
-
-    def _parse_or(self) -> Predicate:
-        operands = [self._parse_and()]
-        while self._accept_keyword("or"):
-            operands.append(self._parse_and())
-        if len(operands) == 1:
-            return operands[0]
-        return lambda row: any(operand(row) for operand in operands)
-
-    def _parse_and(self) -> Predicate:
-        operands = [self._parse_not()]
-        while self._accept_keyword("and"):
-            operands.append(self._parse_not())
-        if len(operands) == 1:
-            return operands[0]
-        return lambda row: all(operand(row) for operand in operands)
-
-    def _parse_not(self) -> Predicate:
-        if self._accept_keyword("not"):
-            operand = self._parse_not()
-            return lambda row: not operand(row)
-        return self._parse_primary()
-
-    def _parse_primary(self) -> Predicate:
-        if self._peek().kind is _TokenKind.OPEN:
-            self._advance()
-            predicate = self._parse_or()
-            self._expect(_TokenKind.CLOSE)
-            return predicate
-        return self._parse_comparison()
-
-    def _parse_comparison(self) -> Predicate:
-        column_token = self._expect(_TokenKind.NAME)
-        if self._peek().kind is _TokenKind.OPEN:
-            raise ODataQueryError(
-                f"The function '{column_token.text}' is not supported by the Dataverse emulator. "
-                "Use eq or ne comparisons joined by and, or, not."
-            )
-        column = column_token.text
-        if column not in self._columns:
-            raise ODataQueryError(_unknown_property_message(column, self._entity))
-
-        operator_token = self._expect(_TokenKind.NAME)
-        if operator_token.text in _UNSUPPORTED_OPERATORS:
-            raise ODataQueryError(
-                f"The operator '{operator_token.text}' is not supported by the Dataverse emulator. Use eq or ne."
-            )
-        if operator_token.text not in _COMPARISON_OPERATORS:
-            raise self._syntax_error(operator_token, "a comparison operator (eq or ne)")
-
-        literal, literal_type = self._parse_literal()
-        column_type = self._columns[column]
-        if literal_type is not None and literal_type is not column_type:
-            raise ODataQueryError(
-                "A binary operator with incompatible types was detected. Found operand types "
-                f"'{column_type.value}' and '{literal_type.value}' for operator kind "
-                f"'{_COMPARISON_OPERATORS[operator_token.text]}'."
-            )
-
-        def matches(row: Row) -> bool:
-            return _values_equal(row.get(column), literal)
-
-        if operator_token.text == "eq":
-            return matches
-        return lambda row: not matches(row)
-
-    def _parse_literal(self) -> tuple[Any, ColumnType | None]:
-        token = self._advance()
-        if token.kind is _TokenKind.STRING:
-            return token.value, ColumnType.STRING
-        if token.kind is _TokenKind.INTEGER:
-            return token.value, ColumnType.INT32
-        if token.kind is _TokenKind.GUID:
-            return token.value, ColumnType.GUID
-        if token.kind is _TokenKind.NAME and token.text in _KEYWORD_LITERALS:
-            return _KEYWORD_LITERALS[token.text]
-        raise self._syntax_error(token, "a literal (a quoted string, an integer, a GUID or null)")
-
-    def _peek(self) -> _Token:
-        return self._tokens[self._index]
-
-    def _advance(self) -> _Token:
-        token = self._tokens[self._index]
-        if token.kind is not _TokenKind.END:
-            self._index += 1
-        return token
-
-    def _accept_keyword(self, keyword: str) -> bool:
-        token = self._peek()
-        if token.kind is _TokenKind.NAME and token.text == keyword:
-            self._advance()
-            return True
-        return False
-
-    def _expect(self, kind: _TokenKind) -> _Token:
-        token = self._peek()
-        if token.kind is not kind:
-            raise self._syntax_error(token, kind.value if kind is not _TokenKind.NAME else "a column name")
-        return self._advance()
-
-    def _syntax_error(self, token: _Token, expected: str) -> ODataQueryError:
-        found = token.text or "the end"
-        return ODataQueryError(
-            f"Syntax error at position {token.position} in '{self._expression}': expected {expected}, found '{found}'."
-        )
-
-
-def _values_equal(value: Any, literal: Any) -> bool:
-    """Compare a row value with a literal. Strings compare case-insensitively, as Dataverse's collation does."""
-    if isinstance(value, str) and isinstance(literal, str):
-        return value.casefold() == literal.casefold()
-    return value == literal

@@ -29,6 +29,15 @@ DEFAULT_TOKEN_LIFETIME_SECONDS = 3600
 DEFAULT_QUEUE_SECONDS = 1.0
 DEFAULT_RUN_SECONDS = 2.0
 DEFAULT_PAGE_SIZE = 50
+# Microsoft's page "Compose HTTP requests and handle errors" (section "Maximum URL length",
+# added in September 2023) gives 32 KB (32768 characters) as the longest URL Dataverse accepts,
+# and 64 KB for a request sent inside a $batch body.
+DEFAULT_MAX_URL_LENGTH = 32768
+# h11, which uvicorn uses, sends a plain-text 400 without calling the application once more than
+# its buffer limit (16 KiB by default) of a request head has arrived without the head's end.
+# The emulator sets that limit this many bytes above max_url_length. That leaves room for the
+# headers, and URLs up to this much too long get the emulator's 414 with a Dataverse error body.
+REQUEST_HEAD_ALLOWANCE_BYTES = 1024 * 1024
 
 STARTUP_TIMEOUT_SECONDS = 10.0
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
@@ -52,8 +61,11 @@ class DataverseEmulator:
     :param flows: the flows to serve, or None for :func:`default_flows`.
     :param queue_seconds: default time a run waits in the queue (statuscode 3) before it runs.
     :param run_seconds: default time a run stays Running (statuscode 2) before its outcome.
-    :param page_size: maximum rows per page of a workflow listing. A smaller
+    :param page_size: maximum rows per page of a ``workflows`` or ``flowsessions`` listing. A smaller
         ``Prefer: odata.maxpagesize`` wins, and longer results continue through ``@odata.nextLink``.
+    :param max_url_length: maximum length in characters of a Web API request target (path and
+        query string, percent-encoded). A longer one gets 414 with a Dataverse error body. The
+        default, 32768, is the maximum Microsoft documents for Dataverse.
     """
 
     def __init__(
@@ -68,6 +80,7 @@ class DataverseEmulator:
         queue_seconds: float = DEFAULT_QUEUE_SECONDS,
         run_seconds: float = DEFAULT_RUN_SECONDS,
         page_size: int = DEFAULT_PAGE_SIZE,
+        max_url_length: int = DEFAULT_MAX_URL_LENGTH,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be from 0 to 65535, got {port!r}.")
@@ -79,6 +92,8 @@ class DataverseEmulator:
             )
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size!r}.")
+        if max_url_length < 1:
+            raise ValueError(f"max_url_length must be at least 1, got {max_url_length!r}.")
 
         self._host = host
         self._requested_port = port
@@ -89,6 +104,7 @@ class DataverseEmulator:
         self._queue_seconds = queue_seconds
         self._run_seconds = run_seconds
         self._page_size = page_size
+        self._max_url_length = max_url_length
         self._state = EmulatorState(default_flows() if flows is None else list(flows))
 
         self._settings: EmulatorSettings | None = None
@@ -179,6 +195,7 @@ class DataverseEmulator:
             queue_seconds=self._queue_seconds,
             run_seconds=self._run_seconds,
             page_size=self._page_size,
+            max_url_length=self._max_url_length,
         )
 
     def _create_server(self, settings: EmulatorSettings, certificates: CertificateFiles) -> uvicorn.Server:
@@ -199,6 +216,7 @@ class DataverseEmulator:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            h11_max_incomplete_event_size=settings.max_url_length + REQUEST_HEAD_ALLOWANCE_BYTES,
         )
         return uvicorn.Server(config)
 
@@ -261,7 +279,17 @@ class DataverseEmulator:
         return self._state.count(endpoint, status)
 
     def reset_log(self) -> None:
+        """Empty the request log and the status read counts that :meth:`count_session_reads` returns."""
         self._state.reset_log()
+
+    def count_session_reads(self, flowsession_id: str) -> int:
+        """
+        Return how many status reads the emulator served for a flow session. Raise KeyError for an unknown id.
+
+        Each ``GET flowsessions(<id>)`` counts once, and so does each ``GET flowsessions`` page that
+        includes the session's row. A request that a fault replaces before handling does not count.
+        """
+        return self._state.count_session_reads(flowsession_id)
 
     # Flows and flow sessions
 
@@ -309,6 +337,10 @@ class DataverseEmulator:
         if endpoint is not None:
             self._check_endpoint(endpoint)
         self._state.clear_faults(endpoint)
+
+    def issued_tokens(self) -> list[str]:
+        """Return every access token this emulator issued, expired ones included."""
+        return self._state.issued_tokens()
 
     def expire_tokens(self) -> None:
         """Make every access token issued so far expired, so that requests using one get 401."""

@@ -7,7 +7,8 @@ import secrets
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ ENDPOINT_NAMES = frozenset(
         "input_schema",
         "output_schema",
         "run",
+        "list_sessions",
         "get_session",
         "session_outputs",
         "cancel",
@@ -54,6 +56,7 @@ class EmulatorSettings:
     queue_seconds: float
     run_seconds: float
     page_size: int
+    max_url_length: int
 
     @property
     def authority(self) -> str:
@@ -115,8 +118,11 @@ class EmulatorState:
         self._next_version = FIRST_ROW_VERSION
         self._sessions: dict[str, FlowSession] = {}
         self._token_expiry: dict[str, float] = {}
+        # Every token ever issued, kept so leak tests can search logs for expired ones too.
+        self._issued_tokens: list[str] = []
         self._faults: dict[str, deque[Fault]] = {}
         self._log: list[RequestRecord] = []
+        self._session_reads: Counter[str] = Counter()
         for flow in flows:
             self.add_flow(flow)
 
@@ -206,6 +212,21 @@ class EmulatorState:
             session = self._find_session(flowsession_id)
             session.pin_status(statuscode, time.time(), errorcode, errormessage)
 
+    def record_session_reads(self, flowsession_ids: Iterable[str]) -> None:
+        """Count one status read for each flow session in ``flowsession_ids``."""
+        with self._lock:
+            self._session_reads.update(flowsession_ids)
+
+    def count_session_reads(self, flowsession_id: str) -> int:
+        """Return how many status reads included the session, or raise UnknownRecordError."""
+        with self._lock:
+            session = self._find_session(flowsession_id)
+            return self._session_reads[session.flowsession_id]
+
+    def session_read_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._session_reads)
+
     def _find_session(self, flowsession_id: str) -> FlowSession:
         try:
             key = normalize_guid(flowsession_id, what="flowsession_id")
@@ -224,7 +245,13 @@ class EmulatorState:
         with self._lock:
             self._token_expiry = {known: expiry for known, expiry in self._token_expiry.items() if expiry > now}
             self._token_expiry[token] = now + lifetime_seconds
+            self._issued_tokens.append(token)
         return token
+
+    def issued_tokens(self) -> list[str]:
+        """Return every access token issued so far, for tests that look for leaks."""
+        with self._lock:
+            return list(self._issued_tokens)
 
     def is_token_valid(self, token: str) -> bool:
         with self._lock:
@@ -274,5 +301,7 @@ class EmulatorState:
             )
 
     def reset_log(self) -> None:
+        """Empty the request log and the status read counts of the flow sessions."""
         with self._lock:
             self._log.clear()
+            self._session_reads.clear()

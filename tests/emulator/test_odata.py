@@ -1,4 +1,4 @@
-"""Tests of the OData query option parsing, without a server."""
+"""Tests of the OData query option and $filter parsing, without a server."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from airflow_provider_pad.emulator.odata import (
     build_query_string,
     decode_skiptoken,
     encode_skiptoken,
-    parse_filter,
     parse_max_page_size,
     parse_orderby,
     parse_query_options,
     parse_select,
     sort_rows,
 )
+from airflow_provider_pad.emulator.odata_filter import parse_filter
 
 COLUMNS = {
     "name": ColumnType.STRING,
@@ -71,7 +71,7 @@ def test_filter_rejects_row(expression):
     [
         ("color eq 'red'", "Could not find a property named 'color'"),
         ("contains(name,'Bot')", "function 'contains' is not supported"),
-        ("category gt 5", "operator 'gt' is not supported"),
+        ("category has 5", "operator 'has' is not supported"),
         ("category eq '6'", "incompatible types"),
         ("name eq 'unclosed", "is not closed"),
         ("category eq 6 category", "Syntax error"),

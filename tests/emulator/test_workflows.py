@@ -15,7 +15,7 @@ from airflow_provider_pad.emulator import (
     DataverseEmulator,
     EmulatedFlow,
 )
-from tests.emulator.webapi import WEB_API_PATH, WebApiClient, request_token
+from tests.emulator.webapi import WEB_API_PATH, WebApiClient, collect_pages, request_token
 
 DEFAULT_PUBLISHED_NAMES = ["Desktop flow 1", "Desktop flow 2", "Failing desktop flow", "Flow without outputs"]
 SPECIAL_NAMES = [
@@ -161,18 +161,6 @@ def test_top_limits_rows(client):
     response = client.get("workflows", params={"$top": "2"})
     assert len(response.json()["value"]) == 2
     assert "@odata.nextLink" not in response.json()
-
-
-def collect_pages(client: WebApiClient, first_url: str, headers: dict[str, str]) -> list[dict]:
-    """Follow @odata.nextLink unchanged, as a Dataverse client must, and return every page body."""
-    pages = []
-    url = first_url
-    while url:
-        response = client.session.get(url, headers=headers, timeout=10)
-        assert response.status_code == 200, response.text
-        pages.append(response.json())
-        url = pages[-1].get("@odata.nextLink")
-    return pages
 
 
 def test_paging_max_page_size(client):

@@ -99,3 +99,15 @@ class WebApiClient:
                     f"Run {flowsession_id} did not end within {timeout_seconds} s. Statuses seen: {seen}."
                 )
             time.sleep(POLL_INTERVAL_SECONDS)
+
+
+def collect_pages(client: WebApiClient, first_url: str, headers: dict[str, str]) -> list[dict]:
+    """Follow @odata.nextLink unchanged, as a Dataverse client must, and return every page body."""
+    pages = []
+    url = first_url
+    while url:
+        response = client.session.get(url, headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+        pages.append(response.json())
+        url = pages[-1].get("@odata.nextLink")
+    return pages
