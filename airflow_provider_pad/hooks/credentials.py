@@ -6,9 +6,12 @@ same connection shares MSAL's token cache and a token is requested again only ne
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -27,10 +30,14 @@ MICROSOFT_AUTHORITY_HOSTS = frozenset(
     {"login.microsoftonline.com", "login.microsoftonline.us", "login.chinacloudapi.cn", "login.microsoft.com"}
 )
 IDENTITY_TIMEOUT_SECONDS = 30
+# A token is replaced this long before it expires; MSAL's own cache uses the same 5-minute margin.
+TOKEN_REFRESH_MARGIN_SECONDS = 300
 
 _applications: dict[tuple[str, ...], msal.ConfidentialClientApplication] = {}
 _application_locks: dict[tuple[str, ...], threading.Lock] = {}
 _registry_lock = threading.Lock()
+_fresh_tokens: dict[tuple[str, ...], _CachedToken] = {}
+_token_flights: dict[tuple[int, tuple[str, ...]], asyncio.Task] = {}
 
 
 def _credential_key(config: DataverseConnectionConfig) -> tuple[str, ...]:
@@ -77,18 +84,31 @@ def _identity_session(verify: bool | str):
     return IdentitySession()
 
 
-def acquire_token(config: DataverseConnectionConfig, *, force_refresh: bool = False) -> str:
-    """Return an access token for the environment, from MSAL's cache unless ``force_refresh``.
+@dataclass(frozen=True)
+class _CachedToken:
+    token: str
+    refresh_at: float
 
-    This call blocks (MSAL uses ``requests``); asynchronous code runs it in a thread. The per-credential
-    lock makes concurrent callers wait for one token request instead of each sending their own.
+
+def acquire_token(config: DataverseConnectionConfig, *, rejected_token: str | None = None) -> str:
+    """Return an access token for the environment, from MSAL's cache when it holds a valid one.
+
+    This call blocks (MSAL uses ``requests``), so asynchronous code uses :func:`aacquire_token`.
+    Concurrent callers with the same credential wait on one lock, so they cause one token request.
+
+    :param rejected_token: a token Dataverse just answered 401 to. If the cache still holds it, it
+        is dropped and a new one requested; if another caller already replaced it, the newer token
+        is returned without a request.
     """
+    key = _credential_key(config)
     try:
         # MSAL reads the authority's OpenID configuration when the application is created.
         application, lock = get_client_application(config)
         with lock:
-            if force_refresh:
+            cached = _fresh_tokens.get(key)
+            if rejected_token is not None and (cached is None or cached.token == rejected_token):
                 application.remove_tokens_for_client()
+                _fresh_tokens.pop(key, None)
             result = application.acquire_token_for_client([config.scope])
     except Exception as error:  # MSAL raises requests' errors and ValueError for network and discovery failures.
         raise DataverseAuthenticationError(
@@ -97,20 +117,46 @@ def acquire_token(config: DataverseConnectionConfig, *, force_refresh: bool = Fa
             request=f"token request for client {config.client_id}",
             transient=True,
         ) from None
-    token = (result or {}).get("access_token")
-    if token:
-        if result.get("token_source") == "identity_provider":
-            log.info("Acquired a new access token for client %s from %s.", config.client_id, config.authority)
-        return token
 
-    description = (result or {}).get("error_description") or "no error description"
-    raise DataverseAuthenticationError(
-        f"the identity platform rejected the token request for client {config.client_id}: "
-        f"{(result or {}).get('error', 'unknown_error')}: {description.splitlines()[0]}",
-        status_code=None,
-        request=f"token request to {config.authority}",
-        transient=False,
-    )
+    token = (result or {}).get("access_token")
+    if not token:
+        description = (result or {}).get("error_description") or "no error description"
+        raise DataverseAuthenticationError(
+            f"the identity platform rejected the token request for client {config.client_id}: "
+            f"{(result or {}).get('error', 'unknown_error')}: {description.splitlines()[0]}",
+            status_code=None,
+            request=f"token request to {config.authority}",
+            transient=False,
+        )
+
+    if result.get("token_source") == "identity_provider":
+        log.info("Acquired a new access token for client %s from %s.", config.client_id, config.authority)
+    expires_in = float(result.get("expires_in") or 0)
+    _fresh_tokens[key] = _CachedToken(token, time.time() + expires_in - TOKEN_REFRESH_MARGIN_SECONDS)
+    return token
+
+
+async def aacquire_token(config: DataverseConnectionConfig, *, rejected_token: str | None = None) -> str:
+    """Return an access token without blocking the event loop.
+
+    A token that is still fresh comes from memory without a thread hop. Otherwise one coroutine per
+    credential and event loop runs :func:`acquire_token` in a thread while the others wait for its
+    result, so a thousand triggers starting together cause one token request.
+    """
+    key = _credential_key(config)
+    cached = _fresh_tokens.get(key)
+    if cached is not None and cached.token != rejected_token and time.time() < cached.refresh_at:
+        return cached.token
+
+    loop = asyncio.get_running_loop()
+    flight_key = (id(loop), key)
+    pending = _token_flights.get(flight_key)
+    if pending is None:
+        pending = loop.create_task(asyncio.to_thread(acquire_token, config, rejected_token=rejected_token))
+        _token_flights[flight_key] = pending
+        pending.add_done_callback(lambda _: _token_flights.pop(flight_key, None))
+    # shield: one waiter being cancelled must not cancel the request the others wait for.
+    return await asyncio.shield(pending)
 
 
 def clear_client_applications() -> None:
@@ -118,3 +164,4 @@ def clear_client_applications() -> None:
     with _registry_lock:
         _applications.clear()
         _application_locks.clear()
+        _fresh_tokens.clear()

@@ -15,7 +15,7 @@ from airflow_provider_pad.exceptions import (
     DesktopFlowNotFoundError,
 )
 from airflow_provider_pad.hooks.connection import DataverseConnectionConfig
-from airflow_provider_pad.hooks.credentials import acquire_token
+from airflow_provider_pad.hooks.credentials import aacquire_token, acquire_token
 from airflow_provider_pad.hooks.dataverse_api import (
     ApiRequest,
     ApiResponse,
@@ -72,6 +72,8 @@ class DataverseHook(BaseHook):
         self._config: DataverseConnectionConfig | None = None
         self._session: requests.Session | None = None
         self._async_client: httpx.AsyncClient | None = None
+        self._token: str | None = None
+        self._client_key: tuple[int, str, str] | None = None
 
     # Connection --------------------------------------------------------------------------------
 
@@ -191,10 +193,10 @@ class DataverseHook(BaseHook):
         return self._pick_flow(flow_name, rows)
 
     async def aclose(self) -> None:
-        """Close the asynchronous client; the hook opens a new one if used again."""
+        """Release the shared asynchronous client; the last hook to release it closes it."""
         if self._async_client is not None:
-            client, self._async_client = self._async_client, None
-            await client.aclose()
+            self._async_client = None
+            await _release_async_client(self._client_key)
 
     def close(self) -> None:
         """Close the synchronous session; the hook opens a new one if used again."""
@@ -229,7 +231,8 @@ class DataverseHook(BaseHook):
     def _send(self, request: ApiRequest, config: DataverseConnectionConfig) -> ApiResponse:
         import requests
 
-        token = acquire_token(config, force_refresh=request.refresh_token)
+        rejected = self._token if request.refresh_token else None
+        token = self._token = acquire_token(config, rejected_token=rejected)
         if self._session is None:
             self._session = requests.Session()
         headers = {**request.headers, "Authorization": f"Bearer {token}"}
@@ -273,15 +276,11 @@ class DataverseHook(BaseHook):
     async def _asend(self, request: ApiRequest, config: DataverseConnectionConfig) -> ApiResponse:
         import httpx
 
-        # MSAL blocks, so it runs in a worker thread. Most calls return a cached token.
-        token = await asyncio.to_thread(acquire_token, config, force_refresh=request.refresh_token)
+        rejected = self._token if request.refresh_token else None
+        token = self._token = await aacquire_token(config, rejected_token=rejected)
         if self._async_client is None:
-            self._async_client = httpx.AsyncClient(
-                verify=_ssl_context(config.verify),
-                timeout=httpx.Timeout(READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
-                follow_redirects=False,
-                trust_env=False,
-            )
+            self._client_key = (id(asyncio.get_running_loop()), config.environment_url, str(config.verify))
+            self._async_client = _acquire_async_client(self._client_key, config)
         headers = {**request.headers, "Authorization": f"Bearer {token}"}
         try:
             response = await self._async_client.request(
@@ -311,6 +310,37 @@ class DataverseHook(BaseHook):
                 f"{len(matches)} desktop flows are named {flow_name!r} (workflow ids: {ids}); pass flow_id instead."
             )
         return str(matches[0]["workflowid"])
+
+
+# One keep-alive client per environment and event loop, shared by every hook (and so every
+# trigger) in that loop, with the number of hooks using it.
+_async_clients: dict[tuple[int, str, str], list[Any]] = {}
+
+
+def _acquire_async_client(key: tuple[int, str, str], config: DataverseConnectionConfig) -> httpx.AsyncClient:
+    import httpx
+
+    entry = _async_clients.get(key)
+    if entry is None:
+        client = httpx.AsyncClient(
+            verify=_ssl_context(config.verify),
+            timeout=httpx.Timeout(READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        entry = _async_clients[key] = [client, 0]
+    entry[1] += 1
+    return entry[0]
+
+
+async def _release_async_client(key: tuple[int, str, str] | None) -> None:
+    entry = _async_clients.get(key) if key is not None else None
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del _async_clients[key]
+        await entry[0].aclose()
 
 
 def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:

@@ -266,3 +266,42 @@ def test_transport_error_is_dataverse_error(dataverse):
         hook.get_flow_session("00000000-0000-0000-0000-000000000003")
 
     assert dataverse.count("get_session") == 2
+
+
+def test_concurrent_async_hooks_share_one_token(dataverse):
+    async def scenario():
+        hooks = [DataverseHook() for _ in range(40)]
+        try:
+            await asyncio.gather(*(hook.alist_desktop_flows("Desktop flow 1") for hook in hooks))
+            dataverse.expire_tokens()
+            await asyncio.gather(*(hook.alist_desktop_flows("Desktop flow 1") for hook in hooks))
+        finally:
+            await asyncio.gather(*(hook.aclose() for hook in hooks))
+
+    asyncio.run(scenario())
+
+    assert dataverse.count("token") == 2
+    assert dataverse.count("list_workflows", status=401) == 40
+    assert dataverse.count("list_workflows", status=200) == 80
+
+
+def test_async_hooks_in_one_loop_share_client(dataverse):
+    from airflow_provider_pad.hooks import dataverse as dataverse_module
+
+    async def scenario():
+        hooks = [DataverseHook() for _ in range(5)]
+        await asyncio.gather(*(hook.alist_desktop_flows() for hook in hooks))
+        clients = {id(hook._async_client) for hook in hooks}
+        open_while_used = len(dataverse_module._async_clients)
+        for hook in hooks[:-1]:
+            await hook.aclose()
+        open_after_four = len(dataverse_module._async_clients)
+        await hooks[-1].aclose()
+        return clients, open_while_used, open_after_four, len(dataverse_module._async_clients)
+
+    clients, open_while_used, open_after_four, open_after_all = asyncio.run(scenario())
+
+    assert len(clients) == 1
+    assert open_while_used == 1
+    assert open_after_four == 1
+    assert open_after_all == 0
