@@ -6,15 +6,18 @@ Dataverse ``error.code`` for API errors, the flowsession id and status for run o
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 
 class DesktopFlowError(AirflowException):
     """Base class of every error this provider raises."""
 
 
-class DesktopFlowConfigurationError(DesktopFlowError, ValueError):
-    """An argument or connection field is invalid; nothing was sent to Dataverse."""
+class DesktopFlowConfigurationError(DesktopFlowError, AirflowFailException, ValueError):
+    """An argument or connection field is invalid; nothing was sent to Dataverse.
+
+    It fails the task without retries, because a retry would meet the same invalid value.
+    """
 
 
 class DesktopFlowInputsError(DesktopFlowConfigurationError):
@@ -49,10 +52,10 @@ class DataverseApiError(DesktopFlowError):
         super().__init__(self._describe())
 
     def _describe(self) -> str:
-        status = f"HTTP {self.status_code}" if self.status_code is not None else "no response"
+        status = f" with HTTP {self.status_code}" if self.status_code is not None else ""
         code = f" (Dataverse error {self.error_code})" if self.error_code else ""
         hint = self.hint()
-        return f"{self.request} failed with {status}{code}: {self.error_message}" + (f" {hint}" if hint else "")
+        return f"{self.request} failed{status}{code}: {self.error_message}" + (f" {hint}" if hint else "")
 
     def hint(self) -> str:
         """Return what a person should check next, or an empty string."""
@@ -154,8 +157,11 @@ class DesktopFlowRunCancelledError(DesktopFlowRunError):
     """A desktop flow run was cancelled (statuscode 7) before it finished."""
 
 
-class DesktopFlowOutputsTooLargeError(DesktopFlowError):
-    """A run succeeded, but its outputs exceed the operator's ``max_output_bytes``."""
+class DesktopFlowOutputsTooLargeError(DesktopFlowError, AirflowFailException):
+    """A run succeeded, but its outputs exceed the operator's ``max_output_bytes``.
+
+    It fails the task without retries: a retry would reattach to the same run and its same outputs.
+    """
 
 
 class DesktopFlowRunTimeoutError(DesktopFlowError):
@@ -163,14 +169,22 @@ class DesktopFlowRunTimeoutError(DesktopFlowError):
 
     :param flow_session_id: id of the flowsession row of the run.
     :param last_status_label: the label of the last status read before giving up.
-    :param cancelled: whether a cancel request was sent for the run.
+    :param cancelled: True if the run was cancelled, False if cancelling it failed, None if no
+        cancel was attempted.
     """
 
-    def __init__(self, *, flow_session_id: str, timeout_seconds: float, last_status_label: str, cancelled: bool):
+    def __init__(
+        self, *, flow_session_id: str, timeout_seconds: float, last_status_label: str, cancelled: bool | None
+    ):
         self.flow_session_id = flow_session_id
         self.last_status_label = last_status_label
         self.cancelled = cancelled
-        action = "A cancel request was sent." if cancelled else "The run was left running (cancel_on_kill=False)."
+        if cancelled is None:
+            action = "The run was left running."
+        elif cancelled:
+            action = "A cancel request was sent."
+        else:
+            action = "Cancelling it failed (see the warning above); cancel it in the Power Automate portal."
         super().__init__(
             f"Desktop flow run {flow_session_id} did not end within {timeout_seconds:g} seconds; "
             f"its last status was {last_status_label}. {action}"

@@ -70,6 +70,8 @@ def get_provider_info() -> dict[str, Any]:
                         "authority": "https://login.microsoftonline.com/<tenant id>",
                         "verify": "/path/to/ca-bundle.pem",
                         "api_version": "v9.2",
+                        "environment_id": "Power Platform environment id (optional)",
+                        "portal_url": "https://make.powerautomate.com",
                     },
                 },
                 "conn-fields": {
@@ -91,6 +93,18 @@ def get_provider_info() -> dict[str, Any]:
                     "api_version": {
                         "label": "Web API version",
                         "description": "Dataverse Web API version. Default v9.2.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "environment_id": {
+                        "label": "Environment ID",
+                        "description": "Optional. Power Platform environment id for the portal links; "
+                        "read from Dataverse when empty.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "portal_url": {
+                        "label": "Portal URL",
+                        "description": "Optional. Power Automate portal origin for the links; derived "
+                        "from the environment URL's cloud when empty.",
                         "schema": {"type": ["string", "null"]},
                     },
                 },

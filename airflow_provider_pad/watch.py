@@ -96,7 +96,7 @@ def watch_run(
 
         remaining = deadline - time.time()
         if remaining <= 0:
-            cancelled = False
+            cancelled = None
             if cancel_at_deadline:
                 cancelled = yield CancelRun("the deadline passed")
             label = last_session.label if last_session is not None else "unknown"
@@ -197,7 +197,7 @@ def run_event(
     errorcode: str | None = None,
     errormessage: str | None = None,
     message: str = "",
-    cancelled: bool = False,
+    cancelled: bool | None = None,
 ) -> dict[str, Any]:
     """Build a payload; its keys are the same for every outcome, so ``execute_complete`` reads them all."""
     return {
@@ -231,7 +231,7 @@ def raise_for_event(event: dict[str, Any], *, timeout_seconds: float) -> None:
             flow_session_id=details["flow_session_id"],
             timeout_seconds=timeout_seconds,
             last_status_label=details["status_label"],
-            cancelled=bool(event.get("cancelled")),
+            cancelled=event.get("cancelled"),
         )
     if status == RunOutcome.FAILED or event.get("statuscode") is not None:
         # A status code outside the documented table also lands here: it is never success.

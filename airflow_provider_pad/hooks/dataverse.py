@@ -75,6 +75,34 @@ class DataverseHook(BaseHook):
         self._token: str | None = None
         self._client_key: tuple[int, str, str] | None = None
 
+    # Connection form ---------------------------------------------------------------------------
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Return the connection form's hidden fields, labels and placeholders (Airflow before 3.2).
+
+        Newer API servers read the same values from the provider metadata, which this derives from.
+        """
+        behaviour = _connection_type_info()["ui-field-behaviour"]
+        return {
+            "hidden_fields": list(behaviour["hidden-fields"]),
+            "relabeling": dict(behaviour["relabeling"]),
+            "placeholders": dict(behaviour["placeholders"]),
+        }
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Return the form widgets of the extra fields for API servers that still build WTForms forms."""
+        try:
+            from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+            from wtforms import StringField
+        except ImportError:  # Airflow 3.2 and newer build the form from the provider metadata.
+            return {}
+        return {
+            name: StringField(field["label"], widget=BS3TextFieldWidget(), description=field.get("description"))
+            for name, field in _connection_type_info()["conn-fields"].items()
+        }
+
     # Connection --------------------------------------------------------------------------------
 
     def get_config(self) -> DataverseConnectionConfig:
@@ -154,10 +182,10 @@ class DataverseHook(BaseHook):
 
     def get_portal_url(self) -> str:
         """Return the Power Automate portal origin for this connection's cloud."""
-        from airflow_provider_pad.links.desktop_flow import portal_for_authority
+        from airflow_provider_pad.links.desktop_flow import portal_for_environment
 
         config = self.get_config()
-        return config.portal_url or portal_for_authority(config.authority)
+        return config.portal_url or portal_for_environment(config.environment_url)
 
     def test_connection(self) -> tuple[bool, str]:
         """Call WhoAmI; used by the Test button of the connection form."""
@@ -301,7 +329,7 @@ class DataverseHook(BaseHook):
         if not matches:
             raise DesktopFlowNotFoundError(
                 f"No desktop flow named {flow_name!r} was found in connection '{self.dataverse_conn_id}'s "
-                "environment. Check the exact name in the Power Automate portal; drafts are listed only "
+                "environment. Check the exact name in the Power Automate portal; drafts match only "
                 "with include_unpublished=True."
             )
         if len(matches) > 1:
@@ -310,6 +338,12 @@ class DataverseHook(BaseHook):
                 f"{len(matches)} desktop flows are named {flow_name!r} (workflow ids: {ids}); pass flow_id instead."
             )
         return str(matches[0]["workflowid"])
+
+
+def _connection_type_info() -> dict[str, Any]:
+    from airflow_provider_pad.get_provider_info import get_provider_info
+
+    return get_provider_info()["connection-types"][0]
 
 
 # One keep-alive client per environment and event loop, shared by every hook (and so every

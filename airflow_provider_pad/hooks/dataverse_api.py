@@ -92,15 +92,19 @@ class RetryPolicy:
     :param backoff_max_seconds: the highest backoff ceiling.
     :param deadline: wall-clock time (epoch seconds) that no wait may pass; a retry that would have
         to wait beyond it raises the last error instead. None means no deadline.
+    :param max_wait_seconds: the longest single wait, ``Retry-After`` included; a longer one raises.
     """
 
     max_attempts: int = 5
     backoff_base_seconds: float = 1.0
     backoff_max_seconds: float = 30.0
     deadline: float | None = None
+    max_wait_seconds: float = 300.0
 
     def passes_deadline(self, delay_seconds: float) -> bool:
-        """Return whether waiting ``delay_seconds`` from now would pass the deadline."""
+        """Return whether waiting ``delay_seconds`` from now is too long: past the deadline or the cap."""
+        if delay_seconds > self.max_wait_seconds:
+            return True
         return self.deadline is not None and time.time() + delay_seconds > self.deadline
 
     def backoff_seconds(self, attempt: int) -> float:
@@ -116,7 +120,7 @@ class DataverseConnectionError(DataverseApiError):
     """The request got no HTTP response: connection refused or reset, TLS failure, or a timeout."""
 
     def __init__(self, message: str, *, request: str = ""):
-        super().__init__(message, status_code=None, request=request)
+        super().__init__(f"no response: {message}", status_code=None, request=request)
 
 
 Operation = Generator["ApiRequest | Sleep", "ApiResponse | None", T]
@@ -309,7 +313,10 @@ class DataverseApi:
             if isinstance(error, DataverseThrottledError) and error.retry_after_seconds is not None:
                 delay = error.retry_after_seconds
             if policy.passes_deadline(delay):
-                error.add_note(f"A retry in {delay:.1f} s would pass the task's deadline, so none was made.")
+                error.add_note(
+                    f"A retry in {delay:.1f} s would pass the task's deadline or the {policy.max_wait_seconds:g} s "
+                    "wait limit, so none was made."
+                )
                 raise error
             log.warning(
                 "%s returned HTTP %d (attempt %d of %d). Retrying in %.1f s.",

@@ -16,19 +16,23 @@ if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey
 
 PUBLIC_PORTAL = "https://make.powerautomate.com"
-# Portal hosts of the sovereign clouds, keyed by their identity platform host.
-# NOTE: GCC (moderate) tenants sign in on the public host but use make.gov.powerautomate.us;
-# set the connection's portal_url extra for them.
-PORTALS_BY_AUTHORITY_HOST = {
-    "login.microsoftonline.us": "https://make.gov.powerautomate.us",
-    "login.chinacloudapi.cn": "https://make.powerautomate.cn",
+# Power Automate portals of the clouds whose Dataverse hosts differ from the public cloud's, keyed by
+# the Dataverse host suffix (Microsoft's "Power Automate US Government" and 21Vianet pages).
+PORTALS_BY_DATAVERSE_SUFFIX = {
+    ".crm9.dynamics.com": "https://make.gov.powerautomate.us",
+    ".crm.microsoftdynamics.us": "https://make.high.powerautomate.us",
+    ".crm.appsplatform.us": "https://make.powerautomate.appsplatform.us",
+    ".crm.dynamics.cn": "https://make.powerautomate.cn",
 }
 
 
-def portal_for_authority(authority: str) -> str:
-    """Return the Power Automate portal origin of the cloud an authority URL belongs to."""
-    host = (urlsplit(authority).hostname or "").lower()
-    return PORTALS_BY_AUTHORITY_HOST.get(host, PUBLIC_PORTAL)
+def portal_for_environment(environment_url: str) -> str:
+    """Return the Power Automate portal origin of the cloud a Dataverse environment belongs to."""
+    host = (urlsplit(environment_url).hostname or "").lower()
+    for suffix, portal in PORTALS_BY_DATAVERSE_SUFFIX.items():
+        if host.endswith(suffix):
+            return portal
+    return PUBLIC_PORTAL
 
 
 def flow_details_url(portal: str, environment_id: str, flow_id: str) -> str:

@@ -62,7 +62,8 @@ class RunDesktopFlowOperator(BaseOperator):
     (:class:`DesktopFlowRunCancelledError` for a cancelled run).
 
     :param flow_id: workflow id of the desktop flow. Pass exactly one of ``flow_id`` and ``flow_name``.
-    :param flow_name: exact name of a published desktop flow, resolved to its id when the task runs.
+    :param flow_name: exact name of a desktop flow, resolved to its id when the task runs.
+    :param include_unpublished: let ``flow_name`` match draft (unpublished) flows too (default False).
     :param connection_name: name of the desktop-flow connection (the machine or machine group) to run on.
         Pass exactly one of ``connection_name`` and ``connection_reference``.
     :param connection_reference: logical name of a connection reference (sent with ``connectionType`` 2).
@@ -118,6 +119,7 @@ class RunDesktopFlowOperator(BaseOperator):
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         cancel_on_kill: bool = True,
+        include_unpublished: bool = False,
         validate_inputs: bool = False,
         max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
         dataverse_conn_id: str = "dataverse_default",
@@ -138,11 +140,13 @@ class RunDesktopFlowOperator(BaseOperator):
         self.timeout = timeout
         self.deferrable = deferrable
         self.cancel_on_kill = cancel_on_kill
+        self.include_unpublished = include_unpublished
         self.validate_inputs = validate_inputs
         self.max_output_bytes = max_output_bytes
         self.dataverse_conn_id = dataverse_conn_id
         self.flow_session_id: str | None = None
         self._run_ended = False
+        self._task_state_store: Any = None
         self._hook: DataverseHook | None = None
         self._check_static_arguments()
 
@@ -196,22 +200,23 @@ class RunDesktopFlowOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any] | None:
         body = self._build_run_body()
 
+        self._task_state_store = context.get("task_state_store")
         previous = self._find_previous_run(context)
         if previous is not None:
-            session, deadline = previous
-            self.flow_session_id = session.flow_session_id
+            self.flow_session_id = previous.flow_session_id
             not_found_grace_until = 0.0
-            if session.outcome == RunOutcome.SUCCESS:
-                return self._finish(session_event(session))
+            if previous.outcome == RunOutcome.SUCCESS:
+                return self._finish(session_event(previous))
         else:
             flow_id = self._resolve_flow_id()
             if self.validate_inputs:
                 schema = self.hook.get_input_schema(flow_id)
                 validate_against_schema(body.get("inputs"), schema, self.flow_name or flow_id)
-            deadline = time.time() + self.timeout
             self.flow_session_id = self._start_run(flow_id, body, context)
             not_found_grace_until = time.time() + NOT_FOUND_GRACE_SECONDS
-            self._remember_run(context, flow_id, deadline)
+            self._remember_run(context, flow_id)
+        # Each try waits up to `timeout`, a reattached one included.
+        deadline = time.time() + self.timeout
         if not self.wait_for_termination:
             return None
 
@@ -238,10 +243,21 @@ class RunDesktopFlowOperator(BaseOperator):
         return self._finish(event)
 
     def on_kill(self) -> None:
-        """Cancel the run when the task is killed while it waits on the worker."""
+        """Cancel the run when the task is killed while it waits on the worker.
+
+        The stored run is forgotten too, so the next try (after a clear, say) starts a new run instead
+        of reattaching to the one being cancelled. Airflow kills the task a few seconds after asking
+        it to stop, so the cancel gets two attempts within a 4-second budget.
+        """
         if not self.cancel_on_kill or self.flow_session_id is None or self._run_ended:
             return
-        cancel_quietly(lambda: self.hook.cancel_run(str(self.flow_session_id)), self.flow_session_id, "the task was killed", self.log)
+        from airflow_provider_pad.hooks.dataverse_api import RetryPolicy
+
+        self.hook.retry_policy = RetryPolicy(max_attempts=2, backoff_base_seconds=0.5, deadline=time.time() + 4)
+        flow_session_id = str(self.flow_session_id)
+        cancel_quietly(lambda: self.hook.cancel_run(flow_session_id), flow_session_id, "the task was killed", self.log)
+        if self._task_state_store is not None:
+            self._task_state_store.delete(RUN_STATE_KEY)
 
     # Steps ---------------------------------------------------------------------------------------
 
@@ -270,7 +286,7 @@ class RunDesktopFlowOperator(BaseOperator):
 
         if self.flow_id is not None:
             return check_guid(self.flow_id, "flow_id")
-        flow_id = self.hook.resolve_flow_id(str(self.flow_name))
+        flow_id = self.hook.resolve_flow_id(str(self.flow_name), include_unpublished=self.include_unpublished)
         self.log.info("Desktop flow %r has workflow id %s.", self.flow_name, flow_id)
         return flow_id
 
@@ -308,7 +324,7 @@ class RunDesktopFlowOperator(BaseOperator):
         context["ti"].xcom_push(key=DesktopFlowRunLink().xcom_key, value=run_url)
         self.log.info("Desktop flow run %s in the Power Automate portal: %s", flow_session_id, run_url)
 
-    def _remember_run(self, context: Context, flow_id: str, deadline: float) -> None:
+    def _remember_run(self, context: Context, flow_id: str) -> None:
         """Record the run in the task state store, so a retry of this try reattaches to it."""
         store = context.get("task_state_store")
         if store is None:
@@ -321,17 +337,18 @@ class RunDesktopFlowOperator(BaseOperator):
             {
                 "flow_session_id": self.flow_session_id,
                 "flow_id": flow_id,
-                "deadline": deadline,
                 "max_tries": context["ti"].max_tries,
             },
         )
 
-    def _find_previous_run(self, context: Context) -> tuple[FlowSession, float] | None:
+    def _find_previous_run(self, context: Context) -> FlowSession | None:
         """Return the run an earlier try of this task instance started, if a retry should reuse it.
 
-        A retry reuses a run that is still queued or running, or that succeeded. Clearing the task by
-        hand raises ``max_tries`` (Airflow sets it to the try number plus ``retries``), so after a
-        manual clear the stored run no longer matches and a new run starts.
+        A retry reuses a run that is still queued or running, or that succeeded. Clearing a task that
+        is not running raises ``max_tries`` (Airflow sets it to the try number plus ``retries``), so
+        the stored run no longer matches and a new run starts. Clearing a running task kills it, and
+        :meth:`on_kill` forgets the run. A read that fails for a passing reason raises, so the task
+        retries later instead of starting a second run beside a live one.
         """
         store = context.get("task_state_store")
         stored = store.get(RUN_STATE_KEY) if store is not None else None
@@ -341,8 +358,8 @@ class RunDesktopFlowOperator(BaseOperator):
         flow_session_id = str(stored["flow_session_id"])
         try:
             session = self.hook.get_flow_session(flow_session_id)
-        except DesktopFlowError as error:
-            self.log.warning("Reading the earlier try's run %s failed, so a new run starts: %s", flow_session_id, error)
+        except DataverseNotFoundError as error:
+            self.log.warning("The earlier try's run %s was not found, so a new run starts: %s", flow_session_id, error)
             return None
         if session.outcome not in (RunOutcome.RUNNING, RunOutcome.SUCCESS):
             self.log.info(
@@ -353,7 +370,7 @@ class RunDesktopFlowOperator(BaseOperator):
         self.log.info("Reattaching to run %s of an earlier try; it is %s.", flow_session_id, session.label)
         context["ti"].xcom_push(key=FLOW_SESSION_ID_XCOM_KEY, value=flow_session_id)
         self._store_links(context, str(stored["flow_id"]), flow_session_id)
-        return session, float(stored["deadline"])
+        return session
 
     def _defer(self, deadline: float, not_found_grace_until: float) -> None:
         from airflow_provider_pad.triggers.desktop_flow import DesktopFlowRunTrigger

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from airflow_provider_pad.hooks.dataverse import DataverseHook
 
 
+MIN_TRIGGER_CHECK_INTERVAL_SECONDS = 1.0
+
+
 class DesktopFlowRunSensor(BaseSensorOperator):
     """Wait until a desktop flow run ends; succeed when it succeeded, fail otherwise.
 
@@ -67,7 +70,8 @@ class DesktopFlowRunSensor(BaseSensorOperator):
             trigger=DesktopFlowRunTrigger(
                 flow_session_id=str(self.flow_session_id),
                 dataverse_conn_id=self.dataverse_conn_id,
-                check_interval=float(self.poke_interval),
+                # A poke_interval of 0 is valid for poking but would make the trigger spin.
+                check_interval=max(float(self.poke_interval), MIN_TRIGGER_CHECK_INTERVAL_SECONDS),
                 deadline=time.time() + float(self.timeout),
                 cancel_on_kill=False,
             ),

@@ -29,6 +29,9 @@ class MemoryTaskStateStore:
     def set(self, key: str, value: Any) -> None:
         self.values[key] = value
 
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
 
 def make_context(store: MemoryTaskStateStore | None = None, max_tries: int = 0) -> dict[str, Any]:
     context: dict[str, Any] = {"ti": RecordingTaskInstance(max_tries)}

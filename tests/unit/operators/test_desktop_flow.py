@@ -366,3 +366,44 @@ def test_outputs_over_limit_not_returned(dataverse):
 def test_invalid_output_limit_rejected(limit):
     with pytest.raises(DesktopFlowConfigurationError, match="max_output_bytes"):
         RunDesktopFlowOperator(task_id="t", flow_name="f", connection_name="c", max_output_bytes=limit)
+
+
+def test_on_kill_forgets_stored_run(dataverse):
+    add_slow_flow(dataverse)
+    store = MemoryTaskStateStore()
+    operator = make_operator(flow_name="Slow flow", wait_for_termination=False)
+    operator.execute(make_context(store, max_tries=1))
+
+    operator.on_kill()
+    retry = make_operator(flow_name="Slow flow", wait_for_termination=False)
+    retry.execute(make_context(store, max_tries=1))
+
+    assert store.values["desktop_flow_run"]["flow_session_id"] == retry.flow_session_id
+    assert retry.flow_session_id != operator.flow_session_id
+    assert dataverse.count("cancel") == 1
+
+
+def test_transient_read_of_earlier_run_starts_no_run(dataverse):
+    from airflow_provider_pad.emulator import Fault
+    from airflow_provider_pad.exceptions import DataverseApiError
+    from airflow_provider_pad.hooks.dataverse_api import RetryPolicy
+
+    add_slow_flow(dataverse)
+    store = MemoryTaskStateStore()
+    start_deferred_try(store, flow_name="Slow flow")
+    dataverse.inject("get_session", *[Fault(status=503)] * 2)
+    retry = make_operator(flow_name="Slow flow")
+    retry.hook.retry_policy = RetryPolicy(max_attempts=2, backoff_base_seconds=0.01)
+
+    with pytest.raises(DataverseApiError, match="HTTP 503"):
+        retry.execute(make_context(store, max_tries=1))
+
+    assert dataverse.count("run") == 1
+
+
+def test_include_unpublished_resolves_draft(dataverse):
+    operator = make_operator(flow_name="Draft desktop flow", include_unpublished=True, wait_for_termination=False)
+
+    operator.execute(make_context())
+
+    assert dataverse.count("run") == 1
