@@ -109,6 +109,13 @@ class DataverseThrottledError(DataverseApiError):
         super().__init__(message, **kwargs)
 
 
+class DesktopFlowRunMayExistError(DesktopFlowError, AirflowFailException):
+    """RunDesktopFlow got no usable response, and whether it started a run is unknown.
+
+    It fails the task without retries, because a retry could start a second run beside the first.
+    """
+
+
 class DesktopFlowNotFoundError(DesktopFlowError):
     """No desktop flow has the requested name."""
 

@@ -8,8 +8,10 @@ URL building, OData quoting, JSON bodies, paging, retries and error parsing ther
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -26,6 +28,7 @@ from airflow_provider_pad.exceptions import (
     DataversePermissionError,
     DataverseThrottledError,
     DesktopFlowConfigurationError,
+    DesktopFlowRunMayExistError,
 )
 from airflow_provider_pad.flowsession import FlowSession
 
@@ -45,6 +48,11 @@ FLOWSESSION_COLUMNS = "statuscode,statecode,startedon,completedon,errorcode,erro
 
 ERROR_BODY_PREVIEW_CHARS = 300
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
+# Gateway statuses after which a POST may or may not have reached Dataverse.
+AMBIGUOUS_SUBMIT_STATUSES = frozenset({502, 504})
+LOST_RUN_CLOCK_MARGIN_SECONDS = 60
+LOST_RUN_LOOKUPS = 3
+LOST_RUN_LOOKUP_INTERVAL_SECONDS = 2.0
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -183,8 +191,13 @@ class DataverseApi:
         return document.get("schema") or {}
 
     def run_desktop_flow(self, flow_id: str, body: dict[str, Any]) -> Operation[RunStarted]:
-        """Start a run. The request is not idempotent: a lost response is never blindly resent."""
+        """Start a run. The request is not idempotent, so a lost response is never blindly resent.
+
+        After a timeout, a dropped connection, a 502 or a 504, Dataverse may have created the run
+        anyway. The run is then looked up (see :meth:`find_lost_run`) instead of being started again.
+        """
         flow_id = check_guid(flow_id, "flow_id")
+        submitted_at = time.time()
         request = ApiRequest(
             "POST",
             self._url(f"workflows({flow_id})/Microsoft.Dynamics.CRM.RunDesktopFlow"),
@@ -193,7 +206,13 @@ class DataverseApi:
             body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
             idempotent=False,
         )
-        document = parse_json_object((yield from self.exchange(request)), request)
+        try:
+            response = yield from self.exchange(request)
+        except DataverseApiError as error:
+            if not (isinstance(error, DataverseConnectionError) or error.status_code in AMBIGUOUS_SUBMIT_STATUSES):
+                raise
+            return (yield from self.find_lost_run(flow_id, submitted_at, error))
+        document = parse_json_object(response, request)
         flow_session_id = document.get("flowsessionId") or document.get("flowsessionid")
         if not flow_session_id:
             raise DataverseApiError(
@@ -207,6 +226,55 @@ class DataverseApi:
             license_code=license_check.get("code"),
             license_message=license_check.get("message"),
         )
+
+    def find_lost_run(self, flow_id: str, submitted_at: float, error: DataverseApiError) -> Operation[RunStarted]:
+        """Find the run a RunDesktopFlow request created when its response was lost.
+
+        Looks for flowsessions of the flow started through the API (``triggertype`` 3) since shortly
+        before ``submitted_at``, a few times, because a new row may take a moment to be readable.
+        Exactly one match is the run; none or several raise :class:`DesktopFlowRunMayExistError`.
+        """
+        log.warning(
+            "RunDesktopFlow for flow %s may have started a run despite the error (%s); looking for it.",
+            flow_id, error,
+        )
+        # createdon has whole seconds and the two clocks may differ, so the window opens earlier.
+        since = datetime.datetime.fromtimestamp(
+            math.floor(submitted_at) - LOST_RUN_CLOCK_MARGIN_SECONDS, tz=datetime.timezone.utc
+        ).strftime("%Y-%m-%dT%H:%M:%SZ")
+        query = {
+            "$select": "flowsessionid,createdon,statuscode",
+            "$filter": f"_regardingobjectid_value eq {flow_id} and triggertype eq 3 and createdon ge {since}",
+            "$orderby": "createdon desc",
+        }
+        request = ApiRequest("GET", self._url("flowsessions", query), f"GET flowsessions of flow {flow_id}")
+
+        rows: list[dict[str, Any]] = []
+        for lookup in range(LOST_RUN_LOOKUPS):
+            if lookup:
+                yield Sleep(LOST_RUN_LOOKUP_INTERVAL_SECONDS)
+            rows = parse_json_object((yield from self.exchange(request)), request).get("value") or []
+            if rows:
+                break
+
+        where = (
+            f"Check the flow's run history in the Power Automate portal, or query flowsessions with "
+            f"$filter=_regardingobjectid_value eq {flow_id} and createdon ge {since}, before running the task again."
+        )
+        if not rows:
+            raise DesktopFlowRunMayExistError(
+                f"RunDesktopFlow for flow {flow_id} failed ({error}) and no run of the flow created since {since} "
+                f"was found, but one may still appear. {where}"
+            )
+        if len(rows) > 1:
+            ids = ", ".join(str(row.get("flowsessionid")) for row in rows)
+            raise DesktopFlowRunMayExistError(
+                f"RunDesktopFlow for flow {flow_id} failed ({error}) and {len(rows)} runs of the flow were created "
+                f"since {since} ({ids}); which one this request started is unknown. {where}"
+            )
+        flow_session_id = str(rows[0]["flowsessionid"])
+        log.warning("Attached to run %s, which the lost RunDesktopFlow request created.", flow_session_id)
+        return RunStarted(flow_session_id=flow_session_id)
 
     def get_flow_session(self, flow_session_id: str) -> Operation[FlowSession]:
         flow_session_id = check_guid(flow_session_id, "flow_session_id")

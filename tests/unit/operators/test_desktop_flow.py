@@ -17,6 +17,7 @@ from airflow_provider_pad.exceptions import (
     DesktopFlowRunError,
     DesktopFlowRunTimeoutError,
 )
+from airflow_provider_pad.hooks.dataverse_api import RetryPolicy
 from airflow_provider_pad.operators.desktop_flow import RunDesktopFlowOperator
 from airflow_provider_pad.triggers.desktop_flow import DesktopFlowRunTrigger
 from tests.unit.helpers import MemoryTaskStateStore, collect_events, flow_id_named, make_context
@@ -407,3 +408,72 @@ def test_include_unpublished_resolves_draft(dataverse):
     operator.execute(make_context())
 
     assert dataverse.count("run") == 1
+
+
+def test_lost_run_response_attaches_to_run(dataverse):
+    from airflow_provider_pad.emulator import Fault
+
+    dataverse.inject("run", Fault(after_handling=True, drop=True))
+    operator = make_operator(inputs={"inputText": "lost", "inputInteger": 1})
+
+    outputs = operator.execute(make_context())
+
+    assert outputs == {"outputText": "LOST", "outputInteger": 2}
+    assert list(dataverse.sessions) == [operator.flow_session_id]
+    assert dataverse.count("run") == 1
+    assert dataverse.count("list_sessions") == 1
+
+
+def test_gateway_timeout_after_creation_attaches(dataverse):
+    from airflow_provider_pad.emulator import Fault
+
+    dataverse.inject("run", Fault(status=504, after_handling=True, body="<html>Gateway Timeout</html>"))
+    operator = make_operator(wait_for_termination=False)
+
+    operator.execute(make_context())
+
+    assert list(dataverse.sessions) == [operator.flow_session_id]
+
+
+def test_lost_run_not_found_fails_without_retry(dataverse):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_provider_pad.emulator import Fault
+    from airflow_provider_pad.exceptions import DesktopFlowRunMayExistError
+
+    dataverse.inject("run", Fault(status=502, body="<html>Bad Gateway</html>"))
+
+    with pytest.raises(DesktopFlowRunMayExistError) as caught:
+        make_operator().execute(make_context())
+
+    assert isinstance(caught.value, AirflowFailException)
+    assert "Power Automate portal" in str(caught.value)
+    assert "HTTP 502" in str(caught.value)
+    assert dataverse.sessions == {}
+    assert dataverse.count("run") == 1
+    assert dataverse.count("list_sessions") == 3
+
+
+def test_lost_run_with_two_candidates_fails(dataverse):
+    from airflow_provider_pad.emulator import Fault
+    from airflow_provider_pad.exceptions import DesktopFlowRunMayExistError
+
+    make_operator(wait_for_termination=False).execute(make_context())
+    dataverse.inject("run", Fault(after_handling=True, drop=True))
+
+    with pytest.raises(DesktopFlowRunMayExistError, match="2 runs of the flow were created"):
+        make_operator(wait_for_termination=False).execute(make_context())
+
+
+def test_throttled_run_request_creates_one_run(dataverse):
+    from airflow_provider_pad.emulator import Fault
+
+    dataverse.inject("run", Fault(status=429, headers={"Retry-After": "1"}), Fault(status=429))
+    operator = make_operator(wait_for_termination=False)
+    operator.hook.retry_policy = RetryPolicy(backoff_base_seconds=0.05)
+
+    operator.execute(make_context())
+
+    assert dataverse.count("run", status=429) == 2
+    assert dataverse.count("run", status=200) == 1
+    assert list(dataverse.sessions) == [operator.flow_session_id]
