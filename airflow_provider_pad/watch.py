@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
@@ -108,7 +109,17 @@ def watch_run(
                 message=f"Desktop flow run {flow_session_id} did not end before the deadline; its last status was {label}.",
                 cancelled=cancelled,
             )
-        yield Wait(min(check_interval, remaining))
+        yield Wait(min(seconds_to_next_tick(check_interval), remaining))
+
+
+def seconds_to_next_tick(check_interval: float) -> float:
+    """Return the time until the next multiple of ``check_interval`` in epoch seconds.
+
+    Every watcher with the same interval wakes at the same instants, so the status reads of many
+    runs in one triggerer fall into the same batch. The wait is never longer than the interval.
+    """
+    now = time.time()
+    return (math.floor(now / check_interval) + 1) * check_interval - now
 
 
 def drive(watcher: Watcher, hook: DataverseHook, flow_session_id: str, log: logging.Logger | Any) -> dict[str, Any]:
@@ -132,8 +143,18 @@ def drive(watcher: Watcher, hook: DataverseHook, flow_session_id: str, log: logg
             reply = cancel_quietly(lambda: hook.cancel_run(flow_session_id), flow_session_id, instruction.reason, log)
 
 
-async def adrive(watcher: Watcher, hook: DataverseHook, flow_session_id: str, log: logging.Logger | Any) -> dict[str, Any]:
-    """Run a watcher with the asynchronous hook and return its payload."""
+async def adrive(
+    watcher: Watcher,
+    hook: DataverseHook,
+    flow_session_id: str,
+    log: logging.Logger | Any,
+    read_status: Callable[[str], Awaitable[FlowSession]] | None = None,
+) -> dict[str, Any]:
+    """Run a watcher with the asynchronous hook and return its payload.
+
+    :param read_status: reads the run's status; defaults to the hook's own single-run read.
+    """
+    read_status = read_status or hook.aget_flow_session
     reply: Any = None
     error: Exception | None = None
     while True:
@@ -146,7 +167,7 @@ async def adrive(watcher: Watcher, hook: DataverseHook, flow_session_id: str, lo
             await asyncio.sleep(instruction.seconds)
         elif isinstance(instruction, ReadStatus):
             try:
-                reply = await hook.aget_flow_session(flow_session_id)
+                reply = await read_status(flow_session_id)
             except DataverseApiError as raised:
                 error = raised
         else:

@@ -207,6 +207,10 @@ class DataverseHook(BaseHook):
     async def aget_flow_session(self, flow_session_id: str) -> FlowSession:
         return await self._arun(lambda api: api.get_flow_session(flow_session_id))
 
+    async def aget_flow_sessions(self, flow_session_ids: list[str]) -> dict[str, FlowSession]:
+        """Read many runs' status in one request; see :meth:`DataverseApi.get_flow_sessions`."""
+        return await self._arun(lambda api: api.get_flow_sessions(flow_session_ids))
+
     async def aget_run_outputs(self, flow_session_id: str) -> dict[str, Any]:
         return await self._arun(lambda api: api.get_run_outputs(flow_session_id))
 

@@ -13,6 +13,7 @@ from airflow_provider_pad.watch import acancel_quietly, adrive, run_event, watch
 
 if TYPE_CHECKING:
     from airflow_provider_pad.hooks.dataverse import DataverseHook
+    from airflow_provider_pad.hooks.status_batcher import StatusBatcher
 
 
 class DesktopFlowRunTrigger(BaseTrigger):
@@ -51,6 +52,7 @@ class DesktopFlowRunTrigger(BaseTrigger):
         self.cancel_on_kill = cancel_on_kill
         self.not_found_grace_until = not_found_grace_until
         self._hook: DataverseHook | None = None
+        self._batcher: StatusBatcher | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -75,7 +77,11 @@ class DesktopFlowRunTrigger(BaseTrigger):
         return self._hook
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow_provider_pad.hooks.status_batcher import acquire_status_batcher
+
         hook = self._get_hook()
+        if self._batcher is None:
+            self._batcher = acquire_status_batcher(self.dataverse_conn_id)
         watcher = watch_run(
             self.flow_session_id,
             check_interval=self.check_interval,
@@ -85,7 +91,7 @@ class DesktopFlowRunTrigger(BaseTrigger):
             log=self.log,
         )
         try:
-            payload = await adrive(watcher, hook, self.flow_session_id, self.log)
+            payload = await adrive(watcher, hook, self.flow_session_id, self.log, read_status=self._batcher.read)
         except DesktopFlowError as error:
             self.log.error("Watching desktop flow run %s failed: %s", self.flow_session_id, error)
             payload = run_event(RunOutcome.ERROR, self.flow_session_id, message=str(error))
@@ -97,6 +103,11 @@ class DesktopFlowRunTrigger(BaseTrigger):
             await acancel_quietly(self._get_hook(), self.flow_session_id, "the task was killed", self.log)
 
     async def cleanup(self) -> None:
-        """Close the HTTP client. It never cancels: cleanup also runs on triggerer restarts."""
+        """Release the HTTP client and status batcher. It never cancels: cleanup also runs on restarts."""
+        if self._batcher is not None:
+            from airflow_provider_pad.hooks.status_batcher import release_status_batcher
+
+            self._batcher = None
+            await release_status_batcher(self.dataverse_conn_id)
         if self._hook is not None:
             await self._hook.aclose()

@@ -14,6 +14,7 @@ from airflow_provider_pad.exceptions import (
     DataversePermissionError,
     DataverseThrottledError,
     DesktopFlowConfigurationError,
+    DesktopFlowRunMayExistError,
 )
 from airflow_provider_pad.hooks.dataverse_api import (
     DEFAULT_RETRY_POLICY,
@@ -131,11 +132,29 @@ def test_run_body_is_json_with_inputs_string(api):
     assert started.license_code == "AttendedNoLicense"
 
 
-def test_run_not_retried_after_lost_answer(api):
+def test_lost_run_answer_looks_run_up(api):
     lost = DataverseConnectionError("ReadTimeout", request="POST")
+    found = respond(200, {"value": [{"flowsessionid": SESSION_ID}]})
 
-    with pytest.raises(DataverseConnectionError):
-        drive(api.run_desktop_flow(FLOW_ID, {}), [lost, respond(200, {"flowsessionId": SESSION_ID})])
+    started, sent, _ = drive(api.run_desktop_flow(FLOW_ID, {}), [lost, found])
+
+    assert started.flow_session_id == SESSION_ID
+    assert [request.method for request in sent] == ["POST", "GET"]
+    lookup = unquote(sent[1].url)
+    assert f"_regardingobjectid_value eq {FLOW_ID} and triggertype eq 3 and createdon ge " in lookup
+
+
+def test_lost_run_not_found_raises(api):
+    lost = DataverseConnectionError("ReadTimeout", request="POST")
+    empty = respond(200, {"value": []})
+
+    with pytest.raises(DesktopFlowRunMayExistError, match="no run of the flow created since"):
+        drive(api.run_desktop_flow(FLOW_ID, {}), [lost, empty, empty, empty])
+
+
+def test_run_500_not_looked_up(api):
+    with pytest.raises(DataverseApiError, match="HTTP 500"):
+        drive(api.run_desktop_flow(FLOW_ID, {}), [respond(500)])
 
 
 def test_run_retried_after_429(api):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import json
 import time
 
@@ -123,13 +124,16 @@ def test_run_ending_at_deadline_reports_real_result(dataverse):
 
 def test_permission_error_event(dataverse):
     flow_session_id = start_run(dataverse, "Desktop flow 1")
-    dataverse.inject("get_session", Fault(status=403, body=json.dumps(
-        {"error": {"code": "0x80040220", "message": "Principal user is missing prvReadflowsession privilege"}})))
+    forbidden = Fault(status=403, body=json.dumps(
+        {"error": {"code": "0x80040220", "message": "Principal user is missing prvReadflowsession privilege"}}))
+    dataverse.inject("list_sessions", forbidden)
+    dataverse.inject("get_session", forbidden)
 
     event = collect_events(make_trigger(flow_session_id))[0]
 
     assert event["status"] == "error"
     assert "prvReadflowsession" in event["message"]
+    assert dataverse.count("list_sessions") == 1
     assert dataverse.count("get_session") == 1
 
 
@@ -178,16 +182,17 @@ def gateway_error(status: int) -> Fault:
 
 def test_transient_errors_do_not_fail_watch(dataverse):
     flow_session_id = start_run(dataverse, "Desktop flow 1")
-    dataverse.inject("get_session", *[gateway_error(503)] * 6)
+    dataverse.inject("list_sessions", *[gateway_error(503)] * 3)
 
     event = collect_events(make_trigger(flow_session_id))[0]
 
     assert event["status"] == "success"
-    assert dataverse.count("get_session", status=503) == 6
+    assert dataverse.count("list_sessions", status=503) == 3
 
 
 def test_not_found_tolerated_during_grace(dataverse):
     flow_session_id = start_run(dataverse, "Desktop flow 1")
+    dataverse.inject("list_sessions", *[Fault(status=200, body='{"value": []}')] * 2)
     dataverse.inject("get_session", Fault(status=404), Fault(status=404))
 
     event = collect_events(make_trigger(flow_session_id, not_found_grace_until=time.time() + 30))[0]
@@ -198,6 +203,7 @@ def test_not_found_tolerated_during_grace(dataverse):
 
 def test_not_found_after_grace_is_error(dataverse):
     flow_session_id = start_run(dataverse, "Desktop flow 1")
+    dataverse.inject("list_sessions", Fault(status=200, body='{"value": []}'))
     dataverse.inject("get_session", Fault(status=404))
 
     event = collect_events(make_trigger(flow_session_id))[0]
@@ -209,7 +215,7 @@ def test_not_found_after_grace_is_error(dataverse):
 def test_retry_after_never_passes_deadline(dataverse):
     add_slow_flow(dataverse)
     flow_session_id = start_run(dataverse, "Slow flow")
-    dataverse.inject("get_session", Fault(status=429, headers={"Retry-After": "120"}))
+    dataverse.inject("list_sessions", Fault(status=429, headers={"Retry-After": "120"}))
     started = time.monotonic()
 
     event = collect_events(make_trigger(flow_session_id, seconds=1.0))[0]
@@ -229,3 +235,29 @@ def test_failed_cancel_keeps_timeout_outcome(dataverse):
     assert event["status"] == "timeout"
     assert event["cancelled"] is False
     assert dataverse.count("cancel") == 1
+
+
+def test_many_triggers_share_status_requests(dataverse):
+    add_slow_flow(dataverse)
+    runs = [start_run(dataverse, "Slow flow") for _ in range(120)]
+    dataverse.reset_log()
+
+    async def watch_all():
+        triggers = [make_trigger(flow_session_id, seconds=2.0, check_interval=0.5) for flow_session_id in runs]
+
+        async def first_event(trigger):
+            try:
+                return (await anext(aiter(trigger.run()))).payload
+            finally:
+                await trigger.cleanup()
+
+        return await asyncio.gather(*(first_event(trigger) for trigger in triggers))
+
+    started = time.monotonic()
+    events = asyncio.run(watch_all())
+    ticks = math.ceil((time.monotonic() - started) / 0.5) + 1
+
+    assert {event["status"] for event in events} == {"timeout"}
+    assert dataverse.count("get_session") == 0
+    assert dataverse.count("list_sessions") <= ticks * math.ceil(len(runs) / 50)
+    assert dataverse.count("cancel") == len(runs)
