@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from airflow_provider_pad.exceptions import DataverseAuthenticationError
+from airflow_provider_pad.exceptions import DataverseAuthenticationError, DesktopFlowConfigurationError
+from airflow_provider_pad.hooks.connection import Credential, CredentialKind
 
 if TYPE_CHECKING:
     import msal
@@ -30,10 +32,12 @@ MICROSOFT_AUTHORITY_HOSTS = frozenset(
     {"login.microsoftonline.com", "login.microsoftonline.us", "login.chinacloudapi.cn", "login.microsoft.com"}
 )
 IDENTITY_TIMEOUT_SECONDS = 30
+_PRIVATE_KEY_PATTERN = re.compile(r"-----BEGIN (?:[A-Z ]+ )?PRIVATE KEY-----.+?-----END (?:[A-Z ]+ )?PRIVATE KEY-----", re.S)
+_CERTIFICATE_PATTERN = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 # A token is replaced this long before it expires; MSAL's own cache uses the same 5-minute margin.
 TOKEN_REFRESH_MARGIN_SECONDS = 300
 
-_applications: dict[tuple[str, ...], msal.ConfidentialClientApplication] = {}
+_applications: dict[tuple[str, ...], Any] = {}
 _application_locks: dict[tuple[str, ...], threading.Lock] = {}
 _registry_lock = threading.Lock()
 _fresh_tokens: dict[tuple[str, ...], _CachedToken] = {}
@@ -41,30 +45,111 @@ _token_flights: dict[tuple[int, tuple[str, ...]], asyncio.Task] = {}
 
 
 def _credential_key(config: DataverseConnectionConfig) -> tuple[str, ...]:
-    # The secret enters the key only as a digest, so the registry keeps no second clear copy of it.
-    secret_digest = hashlib.sha256(config.client_secret.encode("utf-8")).hexdigest()
-    return (config.authority.lower(), config.client_id, secret_digest, str(config.verify))
+    # Secrets enter the key only as a digest, so the registry keeps no second clear copy of them.
+    credential = config.credential
+    material = "\0".join([credential.secret, credential.certificate_pem, credential.path, credential.thumbprint])
+    return (
+        credential.kind,
+        config.authority.lower(),
+        config.client_id,
+        credential.managed_identity_client_id or "",
+        str(credential.send_certificate_chain),
+        hashlib.sha256(material.encode("utf-8")).hexdigest(),
+        str(config.verify),
+    )
 
 
-def get_client_application(config: DataverseConnectionConfig) -> tuple[msal.ConfidentialClientApplication, threading.Lock]:
-    """Return the process-wide MSAL application for the connection's credential, creating it once."""
+def get_client_application(config: DataverseConnectionConfig) -> tuple[Any, threading.Lock]:
+    """Return the process-wide MSAL client for the connection's credential, creating it once.
+
+    The client is an ``msal.ConfidentialClientApplication``, or an ``msal.ManagedIdentityClient``
+    for a managed identity.
+    """
     key = _credential_key(config)
     with _registry_lock:
         application = _applications.get(key)
         if application is None:
-            import msal
-
-            authority_host = (urlsplit(config.authority).hostname or "").lower()
-            application = msal.ConfidentialClientApplication(
-                config.client_id,
-                client_credential=config.client_secret,
-                authority=config.authority,
-                http_client=_identity_session(config.verify),
-                instance_discovery=authority_host in MICROSOFT_AUTHORITY_HOSTS,
-            )
+            application = _create_client(config)
             _applications[key] = application
             _application_locks[key] = threading.Lock()
         return application, _application_locks[key]
+
+
+def _create_client(config: DataverseConnectionConfig) -> Any:
+    import msal
+
+    credential = config.credential
+    http_client = _identity_session(config.verify)
+    if credential.kind == CredentialKind.MANAGED_IDENTITY:
+        identity = (
+            msal.UserAssignedManagedIdentity(client_id=credential.managed_identity_client_id)
+            if credential.managed_identity_client_id
+            else msal.SystemAssignedManagedIdentity()
+        )
+        return msal.ManagedIdentityClient(identity, http_client=http_client)
+
+    authority_host = (urlsplit(config.authority).hostname or "").lower()
+    return msal.ConfidentialClientApplication(
+        config.client_id,
+        client_credential=_client_credential(credential),
+        authority=config.authority,
+        http_client=http_client,
+        instance_discovery=authority_host in MICROSOFT_AUTHORITY_HOSTS,
+    )
+
+
+def _client_credential(credential: Credential) -> str | dict[str, Any]:
+    """Return MSAL's ``client_credential`` for a secret, a certificate or a federated token file."""
+    if credential.kind == CredentialKind.CLIENT_SECRET:
+        return credential.secret
+    if credential.kind == CredentialKind.CERTIFICATE_PFX:
+        pfx: dict[str, Any] = {"private_key_pfx_path": credential.path}
+        if credential.secret:
+            pfx["passphrase"] = credential.secret
+        if credential.send_certificate_chain:
+            pfx["public_certificate"] = True
+        return pfx
+    if credential.kind == CredentialKind.WORKLOAD_IDENTITY:
+        path = credential.path
+
+        def read_assertion() -> str:
+            # Read on every token request: the workload identity webhook rotates the file.
+            with open(path, encoding="utf-8") as token_file:
+                return token_file.read().strip()
+
+        return {"client_assertion": read_assertion}
+    return _certificate_credential(credential)
+
+
+def _certificate_credential(credential: Credential) -> dict[str, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    pem = credential.certificate_pem
+    if credential.path:
+        with open(credential.path, encoding="utf-8") as pem_file:
+            pem = pem_file.read()
+    key_blocks = _PRIVATE_KEY_PATTERN.findall(pem)
+    certificate_blocks = _CERTIFICATE_PATTERN.findall(pem)
+    if not key_blocks:
+        raise DesktopFlowConfigurationError("The certificate PEM holds no private key (-----BEGIN ... PRIVATE KEY-----).")
+
+    thumbprint = credential.thumbprint
+    if not thumbprint:
+        if not certificate_blocks:
+            raise DesktopFlowConfigurationError(
+                "The certificate PEM holds no certificate to compute the thumbprint from: add the certificate "
+                "to the PEM or set certificate_thumbprint."
+            )
+        certificate = x509.load_pem_x509_certificate(certificate_blocks[0].encode("ascii"))
+        thumbprint = certificate.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - the identity platform's x5t is SHA-1.
+
+    result: dict[str, Any] = {"private_key": key_blocks[0], "thumbprint": thumbprint}
+    if credential.send_certificate_chain:
+        if not certificate_blocks:
+            raise DesktopFlowConfigurationError("send_certificate_chain is set, but the PEM holds no certificate.")
+        result["public_certificate"] = "\n".join(certificate_blocks)
+    return result
 
 
 def _identity_session(verify: bool | str):
@@ -101,20 +186,32 @@ def acquire_token(config: DataverseConnectionConfig, *, rejected_token: str | No
         is returned without a request.
     """
     key = _credential_key(config)
+    managed = config.credential.kind == CredentialKind.MANAGED_IDENTITY
+    source = "the managed identity endpoint" if managed else f"the identity platform at {config.authority}"
     try:
         # MSAL reads the authority's OpenID configuration when the application is created.
         application, lock = get_client_application(config)
         with lock:
             cached = _fresh_tokens.get(key)
             if rejected_token is not None and (cached is None or cached.token == rejected_token):
-                application.remove_tokens_for_client()
                 _fresh_tokens.pop(key, None)
-            result = application.acquire_token_for_client([config.scope])
+                if managed:
+                    # ManagedIdentityClient has no call to forget a token, so it is replaced.
+                    with _registry_lock:
+                        application = _applications[key] = _create_client(config)
+                else:
+                    application.remove_tokens_for_client()
+            if managed:
+                result = application.acquire_token_for_client(resource=config.environment_url)
+            else:
+                result = application.acquire_token_for_client([config.scope])
+    except DesktopFlowConfigurationError:
+        raise
     except Exception as error:  # MSAL raises requests' errors and ValueError for network and discovery failures.
         raise DataverseAuthenticationError(
-            f"the identity platform at {config.authority} could not be reached: {type(error).__name__}: {error}",
+            f"{source} could not be reached or failed: {type(error).__name__}: {error}",
             status_code=None,
-            request=f"token request for client {config.client_id}",
+            request=f"token request for client {config.client_id or 'managed identity'}",
             transient=True,
         ) from None
 
