@@ -21,7 +21,7 @@ FEDERATED_TOKEN_FILE_VARIABLE = "AZURE_FEDERATED_TOKEN_FILE"
 
 
 class CredentialKind:
-    """How the connection proves its identity to the Microsoft identity platform."""
+    """Kinds of credential a connection presents to the Microsoft identity platform."""
 
     CLIENT_SECRET = "client_secret"
     CERTIFICATE = "certificate"
@@ -103,7 +103,7 @@ class DataverseConnectionConfig:
         tenant_id = str(extra.get("tenant_id") or "").strip()
         authority = str(extra.get("authority") or "").strip().rstrip("/")
         if credential.kind == CredentialKind.MANAGED_IDENTITY:
-            # A managed identity asks the Azure host for tokens; no authority is involved.
+            # A managed identity gets its tokens from the Azure host, so no authority is involved.
             tenant_id = tenant_id or "managed-identity"
             authority = authority or f"{DEFAULT_AUTHORITY_HOST}/{tenant_id}"
         if not tenant_id and not authority:

@@ -132,13 +132,13 @@ def _certificate_credential(credential: Credential) -> dict[str, Any]:
     key_blocks = _PRIVATE_KEY_PATTERN.findall(pem)
     certificate_blocks = _CERTIFICATE_PATTERN.findall(pem)
     if not key_blocks:
-        raise DesktopFlowConfigurationError("The certificate PEM holds no private key (-----BEGIN ... PRIVATE KEY-----).")
+        raise DesktopFlowConfigurationError("The certificate PEM contains no private key (-----BEGIN ... PRIVATE KEY-----).")
 
     thumbprint = credential.thumbprint
     if not thumbprint:
         if not certificate_blocks:
             raise DesktopFlowConfigurationError(
-                "The certificate PEM holds no certificate to compute the thumbprint from: add the certificate "
+                "The certificate PEM contains no certificate to compute the thumbprint from: add the certificate "
                 "to the PEM or set certificate_thumbprint."
             )
         certificate = x509.load_pem_x509_certificate(certificate_blocks[0].encode("ascii"))
@@ -147,7 +147,7 @@ def _certificate_credential(credential: Credential) -> dict[str, Any]:
     result: dict[str, Any] = {"private_key": key_blocks[0], "thumbprint": thumbprint}
     if credential.send_certificate_chain:
         if not certificate_blocks:
-            raise DesktopFlowConfigurationError("send_certificate_chain is set, but the PEM holds no certificate.")
+            raise DesktopFlowConfigurationError("send_certificate_chain is set, but the certificate PEM contains no certificate.")
         result["public_certificate"] = "\n".join(certificate_blocks)
     return result
 
@@ -176,7 +176,7 @@ class _CachedToken:
 
 
 def acquire_token(config: DataverseConnectionConfig, *, rejected_token: str | None = None) -> str:
-    """Return an access token for the environment, from MSAL's cache when it holds a valid one.
+    """Return an access token for the environment, from MSAL's cache when it contains a valid one.
 
     This call blocks (MSAL uses ``requests``), so asynchronous code uses :func:`aacquire_token`.
     Concurrent callers with the same credential wait on one lock, so they cause one token request.

@@ -1,7 +1,7 @@
 """One status request for many desktop flow runs watched in the same event loop.
 
-Triggers in a triggerer share its event loop. Each asks :class:`StatusBatcher` for its run's status
-instead of sending its own request; the batcher waits a moment for the others, then reads up to
+Triggers in a triggerer share its event loop. Each requests its run's status from :class:`StatusBatcher`
+instead of sending its own request. The batcher waits a moment for the others, then reads up to
 :data:`BATCH_SIZE` runs per request. A thousand runs polled every 30 seconds so cost 20 requests per
 tick instead of 1000, well under Dataverse's 6000 requests per 5 minutes per user.
 """
