@@ -492,13 +492,21 @@ def decode_json(content: bytes) -> Any:
     return json.loads(text)
 
 
-def parse_json_object(response: ApiResponse, request: ApiRequest) -> dict[str, Any]:
-    """Return the response body as a JSON object; an empty body is ``{}``."""
+def parse_json_object(
+    response: ApiResponse, request: ApiRequest, *, what: str = "the response", unwrap_string: bool = False
+) -> dict[str, Any]:
+    """Return the response body as a JSON object; an empty body is ``{}``.
+
+    :param what: names the body in errors, for example ``the outputs``.
+    :param unwrap_string: also accept an object serialized twice (a JSON string containing it).
+    """
     try:
         document = decode_json(response.content)
+        if unwrap_string and isinstance(document, str) and document.strip().startswith("{"):
+            document = json.loads(document)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise DataverseApiError(
-            f"the response is not JSON: {preview_body(response.content)}",
+            f"{what} is not JSON: {preview_body(response.content)}",
             status_code=response.status_code,
             request=request.description,
         ) from None
@@ -506,7 +514,7 @@ def parse_json_object(response: ApiResponse, request: ApiRequest) -> dict[str, A
         return {}
     if not isinstance(document, dict):
         raise DataverseApiError(
-            f"expected a JSON object, got {type(document).__name__}: {preview_body(response.content)}",
+            f"expected {what} to be a JSON object, got {type(document).__name__}: {preview_body(response.content)}",
             status_code=response.status_code,
             request=request.description,
         )
@@ -519,25 +527,7 @@ def parse_outputs(response: ApiResponse, request: ApiRequest) -> dict[str, Any]:
     Accepts an empty body (no outputs), a byte-order mark, and an object serialized twice (a JSON
     string that contains the object). Values inside the object are returned as they are.
     """
-    try:
-        document = decode_json(response.content)
-        if isinstance(document, str) and document.strip().startswith("{"):
-            document = json.loads(document)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise DataverseApiError(
-            f"the outputs are not JSON: {preview_body(response.content)}",
-            status_code=response.status_code,
-            request=request.description,
-        ) from None
-    if document is None:
-        return {}
-    if not isinstance(document, dict):
-        raise DataverseApiError(
-            f"expected the outputs to be a JSON object, got {type(document).__name__}",
-            status_code=response.status_code,
-            request=request.description,
-        )
-    return document
+    return parse_json_object(response, request, what="the outputs", unwrap_string=True)
 
 
 def preview_body(content: bytes) -> str:
