@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Union
 
 from airflow_provider_pad.exceptions import (
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 # How long after a run starts a 404 on its flowsession is read as "not readable yet". Dataverse
 # documents no delay; this bounds the wait for a row that a replica has not seen yet.
 NOT_FOUND_GRACE_SECONDS = 60.0
+# How long a cancel may keep retrying throttled or failed requests. The triggerer gives on_kill
+# 30 seconds by default ([triggerer] on_kill_timeout), so this stays below it.
+CANCEL_BUDGET_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,7 @@ def drive(watcher: Watcher, hook: DataverseHook, flow_session_id: str, log: logg
             except DataverseApiError as raised:
                 error = raised
         else:
-            reply = cancel_quietly(lambda: hook.cancel_run(flow_session_id), flow_session_id, instruction.reason, log)
+            reply = cancel_quietly(hook, flow_session_id, instruction.reason, log)
 
 
 async def adrive(
@@ -174,10 +177,18 @@ async def adrive(
             reply = await acancel_quietly(hook, flow_session_id, instruction.reason, log)
 
 
-def cancel_quietly(cancel, flow_session_id: str, reason: str, log: logging.Logger | Any) -> bool:
-    """Call ``cancel()``; log a failure as a warning instead of raising, and return whether it worked."""
+def cancel_quietly(
+    hook: DataverseHook, flow_session_id: str, reason: str, log: logging.Logger | Any,
+    *, budget_seconds: float = CANCEL_BUDGET_SECONDS,
+) -> bool:
+    """Cancel a run, retrying within ``budget_seconds``; log a failure instead of raising.
+
+    The budget replaces the hook's deadline, which has often passed when a cancel is due.
+    Returns whether the cancel request succeeded.
+    """
+    hook.retry_policy = replace(hook.retry_policy, deadline=time.time() + budget_seconds)
     try:
-        cancel()
+        hook.cancel_run(flow_session_id)
     except DesktopFlowError as error:
         log.warning("Cancelling desktop flow run %s (%s) failed: %s", flow_session_id, reason, error)
         return False
@@ -185,8 +196,12 @@ def cancel_quietly(cancel, flow_session_id: str, reason: str, log: logging.Logge
     return True
 
 
-async def acancel_quietly(hook: DataverseHook, flow_session_id: str, reason: str, log: logging.Logger | Any) -> bool:
-    """Cancel a run with the asynchronous hook; log a failure as a warning instead of raising."""
+async def acancel_quietly(
+    hook: DataverseHook, flow_session_id: str, reason: str, log: logging.Logger | Any,
+    *, budget_seconds: float = CANCEL_BUDGET_SECONDS,
+) -> bool:
+    """Cancel a run with the asynchronous hook, as :func:`cancel_quietly` does."""
+    hook.retry_policy = replace(hook.retry_policy, deadline=time.time() + budget_seconds)
     try:
         await hook.acancel_run(flow_session_id)
     except DesktopFlowError as error:

@@ -48,6 +48,8 @@ RUN_PRIORITIES = ("normal", "high")
 CONNECTION_TYPE_CONNECTION = 1
 CONNECTION_TYPE_REFERENCE = 2
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
+# Airflow sends SIGKILL about 5 seconds after asking a task to stop; the cancel must fit before it.
+ON_KILL_CANCEL_BUDGET_SECONDS = 4.0
 FLOW_SESSION_ID_XCOM_KEY = "flow_session_id"
 # Task state store key of the run this task instance started; retries read it to reattach.
 RUN_STATE_KEY = "desktop_flow_run"
@@ -247,15 +249,14 @@ class RunDesktopFlowOperator(BaseOperator):
 
         The stored run is forgotten too, so the next try (after a clear, say) starts a new run instead
         of reattaching to the one being cancelled. Airflow kills the task a few seconds after asking
-        it to stop, so the cancel gets two attempts within a 4-second budget.
+        it to stop, so the cancel retries for at most :data:`ON_KILL_CANCEL_BUDGET_SECONDS`.
         """
         if not self.cancel_on_kill or self.flow_session_id is None or self._run_ended:
             return
-        from airflow_provider_pad.hooks.dataverse_api import RetryPolicy
-
-        self.hook.retry_policy = RetryPolicy(max_attempts=2, backoff_base_seconds=0.5, deadline=time.time() + 4)
         flow_session_id = str(self.flow_session_id)
-        cancel_quietly(lambda: self.hook.cancel_run(flow_session_id), flow_session_id, "the task was killed", self.log)
+        cancel_quietly(
+            self.hook, flow_session_id, "the task was killed", self.log, budget_seconds=ON_KILL_CANCEL_BUDGET_SECONDS
+        )
         if self._task_state_store is not None:
             self._task_state_store.delete(RUN_STATE_KEY)
 

@@ -477,3 +477,18 @@ def test_throttled_run_request_creates_one_run(dataverse):
     assert dataverse.count("run", status=429) == 2
     assert dataverse.count("run", status=200) == 1
     assert list(dataverse.sessions) == [operator.flow_session_id]
+
+
+@pytest.mark.parametrize("fault_status", [429, 503])
+def test_deadline_cancel_retries_passing_failure(dataverse, fault_status):
+    from airflow_provider_pad.emulator import Fault
+
+    add_slow_flow(dataverse)
+    dataverse.inject("cancel", Fault(status=fault_status, headers={"Retry-After": "0"}))
+    operator = make_operator(flow_name="Slow flow", timeout=0.5)
+
+    with pytest.raises(DesktopFlowRunTimeoutError, match="A cancel request was sent"):
+        operator.execute(make_context())
+
+    assert dataverse.count("cancel") == 2
+    assert dataverse.sessions[operator.flow_session_id].statuscode == 7
