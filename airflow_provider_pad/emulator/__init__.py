@@ -9,7 +9,22 @@ It lets the provider run and be tested offline::
         print(emulator.connection_json())
 
 Run ``python -m airflow_provider_pad.emulator --help`` to serve it from a shell. Importing this
-package loads only the standard library. uvicorn, Starlette and cryptography load on start().
+package loads only the standard library. uvicorn, Starlette and cryptography load on start(),
+and cryptography also when a certificate is registered.
+
+The token endpoint accepts four credentials of the app:
+
+- Its client secret.
+- A client assertion signed by a registered certificate (:meth:`DataverseEmulator.register_client_certificate`).
+- A client assertion whose ``x5c`` chain leads to a trusted issuer (:meth:`DataverseEmulator.register_trusted_issuer`).
+- A token of the emulator's own federation issuer that matches a federated credential
+  (:meth:`DataverseEmulator.register_federated_credential`, :meth:`DataverseEmulator.issue_federated_token`).
+
+``GET /msi/token`` emulates App Service's managed identity endpoint
+(:attr:`DataverseEmulator.managed_identity_endpoint`). Every token request's :class:`RequestRecord`
+names its credential kind in ``detail``. The functions ``make_client_certificate`` and
+``make_certificate_authority`` in :mod:`airflow_provider_pad.emulator.certificates` create
+certificates and keys to test with.
 
 Without ``flows``, the emulator serves these flows, with fixed workflow ids:
 
@@ -37,9 +52,11 @@ request target longer than ``max_url_length`` (default 32768 characters) gets 41
 The request log, :meth:`DataverseEmulator.count` and :meth:`DataverseEmulator.inject` name
 endpoints as :data:`ENDPOINT_NAMES` lists them: ``token``, ``openid``, ``list_workflows``,
 ``get_workflow``, ``input_schema``, ``output_schema``, ``run``, ``list_sessions``, ``get_session``,
-``session_outputs``, ``cancel``, ``whoami`` and ``current_organization``.
+``session_outputs``, ``cancel``, ``whoami``, ``current_organization``, ``managed_identity``,
+``federation_openid`` and ``federation_keys``.
 """
 
+from airflow_provider_pad.emulator.credential_registry import ManagedIdentity
 from airflow_provider_pad.emulator.faults import Fault
 from airflow_provider_pad.emulator.flows import (
     DESKTOP_FLOW_1_ID,
@@ -83,6 +100,7 @@ __all__ = [
     "EmulatedFlow",
     "Fault",
     "FlowSession",
+    "ManagedIdentity",
     "RequestRecord",
     "SessionStatus",
     "default_flows",

@@ -23,9 +23,12 @@ from starlette.types import Receive, Scope, Send
 
 from airflow_provider_pad.emulator import identity
 from airflow_provider_pad.emulator.connections import ConnectionRegistry
+from airflow_provider_pad.emulator.credential_registry import CredentialRegistry
 from airflow_provider_pad.emulator.dataverse import DataverseApi
 from airflow_provider_pad.emulator.faults import Fault
+from airflow_provider_pad.emulator.federation import DISCOVERY_PATH, JWKS_PATH, FederationIssuer
 from airflow_provider_pad.emulator.identity import IdentityPlatform, identity_error_response
+from airflow_provider_pad.emulator.managed_identity import ManagedIdentityEndpoint, managed_identity_error_response
 from airflow_provider_pad.emulator.odata import ODataQueryError
 from airflow_provider_pad.emulator.responses import (
     ACCESS_TOKEN_EXPIRED,
@@ -37,13 +40,13 @@ from airflow_provider_pad.emulator.responses import (
     default_fault_error,
     json_bytes,
 )
-from airflow_provider_pad.emulator.state import EmulatorSettings, EmulatorState, RequestRecord
+from airflow_provider_pad.emulator.state import MANAGED_IDENTITY_PATH, EmulatorSettings, EmulatorState, RequestRecord
 
 logger = logging.getLogger("airflow_provider_pad.emulator")
 
 WEB_API_PREFIX = "/api/data/v9.2/"
 ADMIN_PREFIX = "/_emulator/"
-IDENTITY_ENDPOINTS = frozenset({"token", "openid"})
+IDENTITY_ENDPOINTS = frozenset({"token", "openid", "federation_openid", "federation_keys"})
 
 # How long a dropped request waits for uvicorn to notice the closed connection.
 DROP_SETTLE_TIMEOUT_SECONDS = 5.0
@@ -62,13 +65,18 @@ class Route:
     needs_token: bool
 
 
-def build_routes(identity_platform: IdentityPlatform, web_api: DataverseApi) -> list[Route]:
+def build_routes(
+    identity_platform: IdentityPlatform, managed_identity: ManagedIdentityEndpoint, web_api: DataverseApi
+) -> list[Route]:
     """List the emulator's routes. Named groups in a pattern become the handler's keyword arguments."""
     key = r"\((?P<key>[^()/]*)\)"
     tenant = r"/(?P<tenant>[^/]+)"
     identity_routes = [
         ("GET", rf"{tenant}/v2\.0/\.well-known/openid-configuration", "openid", identity_platform.openid_configuration),
         ("POST", rf"{tenant}/oauth2/v2\.0/token", "token", identity_platform.token),
+        ("GET", re.escape(DISCOVERY_PATH), "federation_openid", identity_platform.federation_configuration),
+        ("GET", re.escape(JWKS_PATH), "federation_keys", identity_platform.federation_keys),
+        ("GET", re.escape(MANAGED_IDENTITY_PATH), "managed_identity", managed_identity.token),
     ]
     # Paths below are relative to WEB_API_PREFIX.
     web_api_routes = [
@@ -103,11 +111,22 @@ def build_routes(identity_platform: IdentityPlatform, web_api: DataverseApi) -> 
 class EmulatorApp:
     """The ASGI callable that uvicorn serves."""
 
-    def __init__(self, settings: EmulatorSettings, state: EmulatorState, connections: ConnectionRegistry) -> None:
+    def __init__(
+        self,
+        settings: EmulatorSettings,
+        state: EmulatorState,
+        connections: ConnectionRegistry,
+        credentials: CredentialRegistry,
+        federation: FederationIssuer,
+    ) -> None:
         self._settings = settings
         self._state = state
         self._connections = connections
-        self._routes = build_routes(IdentityPlatform(settings, state), DataverseApi(settings, state))
+        self._routes = build_routes(
+            IdentityPlatform(settings, state, credentials, federation),
+            ManagedIdentityEndpoint(settings, state, credentials),
+            DataverseApi(settings, state),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -265,6 +284,10 @@ class EmulatorApp:
 
         if endpoint in IDENTITY_ENDPOINTS:
             response = identity_error_response(self._settings, identity.default_fault_error(fault.status))
+        elif endpoint == "managed_identity":
+            response = managed_identity_error_response(
+                fault.status, f"The managed identity endpoint failed with HTTP status {fault.status}."
+            )
         else:
             code, message = default_fault_error(fault.status)
             response = dataverse_error_response(fault.status, code, message)
@@ -292,10 +315,13 @@ class EmulatorApp:
     ) -> None:
         path = request.scope["path"]
         query = request.scope["query_string"].decode("utf-8", errors="backslashreplace")
-        self._state.record(RequestRecord(request.method, path, query, status, endpoint, arrived_at))
+        # A handler stores the credential kind of a token request here. It is never a secret.
+        detail = getattr(request.state, "log_detail", None)
+        self._state.record(RequestRecord(request.method, path, query, status, endpoint, arrived_at, detail))
         outcome = str(status) if status else "connection dropped"
         note = " (injected fault)" if injected else ""
-        logger.info("%s %s -> %s%s", request.method, path, outcome, note)
+        kind = f" [{detail}]" if detail else ""
+        logger.info("%s %s -> %s%s%s", request.method, path, outcome, kind, note)
 
     def _handle_admin(self, request: Request) -> Response:
         path = request.scope["path"][len(ADMIN_PREFIX) :]

@@ -1,34 +1,38 @@
 """
 The emulated Microsoft identity platform: OpenID Connect discovery and the OAuth 2.0 token endpoint.
 
-Only the client credentials grant with a client secret is served. Tokens are opaque random
-strings that the emulator keeps in memory. They are not JWTs and carry no claims.
+Only the client credentials grant is served. The client authenticates with its client secret,
+with a JWT signed by one of its certificates, or with a token of a federated issuer (workload
+identity federation), whose discovery document and keys this module serves too. Access tokens
+are opaque random strings that the emulator keeps in memory. They are not JWTs and carry no claims.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import uuid
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from airflow_provider_pad.emulator.client_assertions import (
+    CLIENT_ASSERTION_TYPE_JWT_BEARER,
+    ClientAssertionValidator,
+    assertion_kind,
+    parse_client_assertion,
+)
+from airflow_provider_pad.emulator.credential_registry import CERTIFICATE, CLIENT_SECRET, CredentialRegistry
+from airflow_provider_pad.emulator.federation import FederationIssuer
+from airflow_provider_pad.emulator.identity_errors import IdentityError
+from airflow_provider_pad.emulator.jws import CompactJws
 from airflow_provider_pad.emulator.responses import json_bytes
 from airflow_provider_pad.emulator.state import EmulatorSettings, EmulatorState
 
+logger = logging.getLogger("airflow_provider_pad.emulator")
+
 IDENTITY_JSON_MEDIA_TYPE = "application/json; charset=utf-8"
-
-
-class IdentityError(Exception):
-    """An OAuth 2.0 error response of the identity platform, with its AADSTS code."""
-
-    def __init__(self, status: int, error: str, aadsts_code: int, description: str) -> None:
-        super().__init__(description)
-        self.status = status
-        self.error = error
-        self.aadsts_code = aadsts_code
-        self.description = description
 
 
 def identity_error_response(
@@ -66,9 +70,17 @@ def default_fault_error(status: int) -> IdentityError:
 class IdentityPlatform:
     """Route handlers of the identity platform endpoints."""
 
-    def __init__(self, settings: EmulatorSettings, state: EmulatorState) -> None:
+    def __init__(
+        self,
+        settings: EmulatorSettings,
+        state: EmulatorState,
+        credentials: CredentialRegistry,
+        federation: FederationIssuer,
+    ) -> None:
         self._settings = settings
         self._state = state
+        self._federation = federation
+        self._assertions = ClientAssertionValidator(settings, credentials, federation)
 
     async def openid_configuration(self, request: Request, tenant: str) -> Response:
         """Serve ``GET /{tenant}/v2.0/.well-known/openid-configuration``, which MSAL reads first."""
@@ -77,8 +89,8 @@ class IdentityPlatform:
 
         authority = self._settings.authority
         configuration = {
-            "token_endpoint": f"{authority}/oauth2/v2.0/token",
-            "token_endpoint_auth_methods_supported": ["client_secret_post"],
+            "token_endpoint": self._settings.token_endpoint,
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
             "jwks_uri": f"{authority}/discovery/v2.0/keys",
             "response_modes_supported": ["query", "fragment", "form_post"],
             "subject_types_supported": ["pairwise"],
@@ -100,12 +112,24 @@ class IdentityPlatform:
         return Response(json_bytes(configuration), media_type=IDENTITY_JSON_MEDIA_TYPE)
 
     async def token(self, request: Request, tenant: str) -> Response:
-        """Serve ``POST /{tenant}/oauth2/v2.0/token`` for the client credentials grant."""
+        """
+        Serve ``POST /{tenant}/oauth2/v2.0/token`` for the client credentials grant.
+
+        The credential kind goes to ``request.state.log_detail`` for the request log once it is known.
+        """
         correlation_id = request.headers.get("client-request-id")
+        form: dict[str, str] = {}
         try:
             form = _parse_form(await request.body())
-            self._check_token_request(tenant, form)
+            self._check_token_request(tenant, form, request)
         except IdentityError as error:
+            # Error descriptions name ids, thumbprints and claims, never a secret or an assertion.
+            logger.info(
+                "The token endpoint rejected a request of client %s: AADSTS%s %s",
+                form.get("client_id"),
+                error.aadsts_code,
+                error.description,
+            )
             return identity_error_response(self._settings, error, correlation_id)
 
         lifetime = self._settings.token_lifetime_seconds
@@ -121,7 +145,16 @@ class IdentityPlatform:
             headers={"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"},
         )
 
-    def _check_token_request(self, tenant: str, form: dict[str, str]) -> None:
+    async def federation_configuration(self, request: Request) -> Response:
+        """Serve the OpenID discovery document of the emulator's federation issuer."""
+        document = self._federation.discovery_document(self._settings.federation_issuer, self._settings.base_url)
+        return Response(json_bytes(document), media_type=IDENTITY_JSON_MEDIA_TYPE)
+
+    async def federation_keys(self, request: Request) -> Response:
+        """Serve the JSON Web Key Set of the emulator's federation issuer."""
+        return Response(json_bytes(self._federation.jwks()), media_type=IDENTITY_JSON_MEDIA_TYPE)
+
+    def _check_token_request(self, tenant: str, form: dict[str, str], request: Request) -> None:
         """Raise IdentityError for the first problem the identity platform would report."""
         settings = self._settings
         if not self._is_known_tenant(tenant):
@@ -151,31 +184,7 @@ class IdentityPlatform:
                 "Check the client id, or whether the request went to the wrong tenant.",
             )
 
-        if "client_assertion" in form:
-            # NOTE: certificate and federated credentials send a signed client assertion.
-            # The emulator has no key to check one against, so it rejects them all.
-            raise IdentityError(
-                401,
-                "invalid_client",
-                700027,
-                "Client assertion failed signature validation. The Dataverse emulator accepts only client secrets.",
-            )
-        client_secret = form.get("client_secret")
-        if not client_secret:
-            raise IdentityError(
-                401,
-                "invalid_client",
-                7000218,
-                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-            )
-        if client_secret != settings.client_secret:
-            raise IdentityError(
-                401,
-                "invalid_client",
-                7000215,
-                "Invalid client secret provided. Ensure the secret being sent in the request is the client "
-                f"secret value, not the client secret ID, for a secret added to app '{settings.client_id}'.",
-            )
+        self._authenticate_client(form, client_id, request)
 
         scope = form.get("scope")
         if not scope:
@@ -189,6 +198,66 @@ class IdentityPlatform:
                 f"The provided value for the input parameter 'scope' is not valid. The scope '{scope}' is not valid. "
                 f"Request the scope '{expected_scope}'.",
             )
+
+    def _authenticate_client(self, form: dict[str, str], client_id: str, request: Request) -> None:
+        """Check the client secret or client assertion, and store its kind as ``request.state.log_detail``."""
+        if "client_assertion" not in form and "client_assertion_type" not in form:
+            request.state.log_detail = CLIENT_SECRET
+            self._check_client_secret(form)
+            return
+
+        if "client_secret" in form:
+            # NOTE: the AADSTS code the identity platform sends for both credentials at once is a guess.
+            raise IdentityError(
+                400,
+                "invalid_request",
+                90014,
+                "The request contains both 'client_secret' and 'client_assertion'. Send only one client credential.",
+            )
+        jws = self._parse_client_assertion(form)
+        kind = assertion_kind(jws, client_id)
+        request.state.log_detail = kind
+        if kind == CERTIFICATE:
+            self._assertions.check_certificate_assertion(jws, client_id)
+        else:
+            self._assertions.check_federated_assertion(jws)
+
+    def _check_client_secret(self, form: dict[str, str]) -> None:
+        client_secret = form.get("client_secret")
+        if not client_secret:
+            raise IdentityError(
+                401,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            )
+        if client_secret != self._settings.client_secret:
+            raise IdentityError(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client "
+                f"secret value, not the client secret ID, for a secret added to app '{self._settings.client_id}'.",
+            )
+
+    @staticmethod
+    def _parse_client_assertion(form: dict[str, str]) -> CompactJws:
+        assertion_type = form.get("client_assertion_type")
+        if not assertion_type:
+            raise _missing_parameter_error("client_assertion_type")
+        if assertion_type != CLIENT_ASSERTION_TYPE_JWT_BEARER:
+            raise IdentityError(
+                400,
+                "invalid_request",
+                50027,
+                f"The client_assertion_type '{assertion_type}' is not supported. "
+                f"Send '{CLIENT_ASSERTION_TYPE_JWT_BEARER}'.",
+            )
+        assertion = form.get("client_assertion")
+        if not assertion:
+            raise _missing_parameter_error("client_assertion")
+
+        return parse_client_assertion(assertion)
 
     def _is_known_tenant(self, tenant: str) -> bool:
         return tenant.lower() == self._settings.tenant_id.lower()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import socket
 import tempfile
 import threading
@@ -12,6 +14,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_pad.emulator.credential_registry import (
+    DEFAULT_FEDERATION_AUDIENCE,
+    CredentialRegistry,
+    FederatedCredential,
+    ManagedIdentity,
+    RegisteredCertificate,
+    TrustedIssuer,
+)
 from airflow_provider_pad.emulator.faults import Fault
 from airflow_provider_pad.emulator.flows import EmulatedFlow, FlowSession, default_flows
 from airflow_provider_pad.emulator.identifiers import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT_ID
@@ -20,7 +30,10 @@ from airflow_provider_pad.emulator.state import ENDPOINT_NAMES, EmulatorSettings
 if TYPE_CHECKING:
     import uvicorn
 
-    from airflow_provider_pad.emulator.certificates import CertificateFiles
+    from airflow_provider_pad.emulator.certificates import CertificateFiles, ClientCertificate
+    from airflow_provider_pad.emulator.federation import FederationIssuer
+
+    CertificateSource = bytes | str | os.PathLike[str] | ClientCertificate
 
 logger = logging.getLogger("airflow_provider_pad.emulator")
 
@@ -43,6 +56,9 @@ STARTUP_TIMEOUT_SECONDS = 10.0
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 # uvicorn gives requests still in progress, such as a delayed fault, this long to finish on stop.
 GRACEFUL_SHUTDOWN_SECONDS = 2
+DEFAULT_FEDERATED_TOKEN_LIFETIME_SECONDS = 3600
+# The managed identity endpoint's X-IDENTITY-HEADER secret is this many random bytes, URL-safe base64 encoded.
+IDENTITY_HEADER_BYTES = 32
 
 
 class DataverseEmulator:
@@ -66,6 +82,10 @@ class DataverseEmulator:
     :param max_url_length: maximum length in characters of a Web API request target (path and
         query string, percent-encoded). A longer one gets 414 with a Dataverse error body. The
         default, 32768, is the maximum Microsoft documents for Dataverse.
+    :param client_certificates: certificates the token endpoint accepts as the app's credentials,
+        each as PEM or DER bytes, PEM text, a file path or a
+        :class:`~airflow_provider_pad.emulator.certificates.ClientCertificate`. See
+        :meth:`register_client_certificate`.
     """
 
     def __init__(
@@ -81,6 +101,7 @@ class DataverseEmulator:
         run_seconds: float = DEFAULT_RUN_SECONDS,
         page_size: int = DEFAULT_PAGE_SIZE,
         max_url_length: int = DEFAULT_MAX_URL_LENGTH,
+        client_certificates: list[CertificateSource] | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be from 0 to 65535, got {port!r}.")
@@ -106,6 +127,11 @@ class DataverseEmulator:
         self._page_size = page_size
         self._max_url_length = max_url_length
         self._state = EmulatorState(default_flows() if flows is None else list(flows))
+        self._credentials = CredentialRegistry()
+        self._managed_identity_header = secrets.token_urlsafe(IDENTITY_HEADER_BYTES)
+        self._federation: FederationIssuer | None = None
+        for certificate in client_certificates or ():
+            self.register_client_certificate(certificate)
 
         self._settings: EmulatorSettings | None = None
         self._server: uvicorn.Server | None = None
@@ -120,8 +146,12 @@ class DataverseEmulator:
         if self._server is not None:
             raise RuntimeError("The Dataverse emulator is already running. Call stop() before starting it again.")
 
-        # cryptography, like uvicorn in _create_server, loads only when an emulator starts.
+        # cryptography, like uvicorn in _create_server, loads only when an emulator starts or registers a certificate.
         from airflow_provider_pad.emulator.certificates import write_certificates
+        from airflow_provider_pad.emulator.federation import FederationIssuer
+
+        if self._federation is None:
+            self._federation = FederationIssuer()
 
         listener = _listen(self._host, self._requested_port)
         certificate_directory = tempfile.TemporaryDirectory(prefix="dataverse-emulator-")
@@ -196,6 +226,7 @@ class DataverseEmulator:
             run_seconds=self._run_seconds,
             page_size=self._page_size,
             max_url_length=self._max_url_length,
+            managed_identity_header=self._managed_identity_header,
         )
 
     def _create_server(self, settings: EmulatorSettings, certificates: CertificateFiles) -> uvicorn.Server:
@@ -205,9 +236,10 @@ class DataverseEmulator:
         from airflow_provider_pad.emulator.app import EmulatorApp
         from airflow_provider_pad.emulator.connections import ConnectionRegistry, tracked_protocol_class
 
+        assert self._federation is not None
         connections = ConnectionRegistry()
         config = uvicorn.Config(
-            EmulatorApp(settings, self._state, connections),
+            EmulatorApp(settings, self._state, connections, self._credentials, self._federation),
             http=tracked_protocol_class(connections),
             loop="asyncio",
             lifespan="off",
@@ -231,6 +263,11 @@ class DataverseEmulator:
     def authority(self) -> str:
         """The identity platform authority for MSAL: ``<base_url>/<tenant_id>``."""
         return self._running_settings().authority
+
+    @property
+    def token_endpoint(self) -> str:
+        """The OAuth 2.0 token endpoint, ``<authority>/oauth2/v2.0/token``, which client assertions name as ``aud``."""
+        return self._running_settings().token_endpoint
 
     @property
     def ca_path(self) -> str:
@@ -265,6 +302,121 @@ class DataverseEmulator:
             "extra": self.connection_extra(),
         }
         return json.dumps(connection)
+
+    # Certificate credentials
+
+    def register_client_certificate(self, certificate: CertificateSource) -> None:
+        """
+        Accept client assertions signed with this certificate's key, named by ``x5t`` or ``x5t#S256``.
+
+        :param certificate: PEM or DER bytes, PEM text, the path of a PEM or DER file, or a
+            :class:`~airflow_provider_pad.emulator.certificates.ClientCertificate`. Only the public
+            certificate is read. Raise ValueError when it is not an X.509 certificate.
+        """
+        from airflow_provider_pad.emulator.certificates import certificate_thumbprints
+
+        loaded = _load_certificate(certificate)
+        thumbprint_sha1, thumbprint_sha256 = certificate_thumbprints(loaded)
+        self._credentials.add_certificate(RegisteredCertificate(loaded, thumbprint_sha1, thumbprint_sha256))
+
+    def register_trusted_issuer(self, ca_certificate: CertificateSource, *, subject: str) -> None:
+        """
+        Accept, for subject-name/issuer authentication, certificates with ``subject`` that this CA issued.
+
+        A client assertion then needs no registered certificate: its ``x5c`` header carries the
+        leaf certificate (and any intermediates), whose chain must lead to this CA and whose
+        common name or whole RFC 4514 subject must equal ``subject``, ignoring case.
+
+        :param ca_certificate: the CA certificate, in any form :meth:`register_client_certificate` takes.
+        :param subject: the certificate subject the app trusts, such as ``"app.contoso.com"``.
+        """
+        from airflow_provider_pad.emulator.certificates import is_certificate_authority
+
+        if not subject.strip():
+            raise ValueError("subject must name the trusted certificate subject, got an empty string.")
+        loaded = _load_certificate(ca_certificate)
+        if not is_certificate_authority(loaded):
+            raise ValueError(
+                f"The certificate {loaded.subject.rfc4514_string()} is not a CA: its basicConstraints extension "
+                "is missing or has ca=False."
+            )
+        self._credentials.add_trusted_issuer(TrustedIssuer(loaded, subject))
+
+    # Workload identity federation
+
+    @property
+    def federation_issuer(self) -> str:
+        """
+        The ``iss`` of the emulator's own OpenID Connect issuer, ``<base_url>/federation``.
+
+        Its discovery document is at ``<federation_issuer>/.well-known/openid-configuration``.
+        """
+        return self._running_settings().federation_issuer
+
+    def register_federated_credential(
+        self, issuer: str, subject: str, audience: str = DEFAULT_FEDERATION_AUDIENCE
+    ) -> None:
+        """
+        Accept as client assertions the tokens whose ``iss``, ``sub`` and ``aud`` equal these values.
+
+        The values compare case-sensitively, as the identity platform's do. The emulator checks
+        signatures only for its own issuer, :attr:`federation_issuer`, so tokens of any other
+        registered issuer fail signature validation.
+        """
+        if not issuer or not subject or not audience:
+            raise ValueError(
+                f"issuer, subject and audience must not be empty, got {issuer!r}, {subject!r} and {audience!r}."
+            )
+        self._credentials.add_federated_credential(FederatedCredential(issuer, subject, audience))
+
+    def issue_federated_token(
+        self,
+        subject: str,
+        lifetime_seconds: int = DEFAULT_FEDERATED_TOKEN_LIFETIME_SECONDS,
+        *,
+        audience: str = DEFAULT_FEDERATION_AUDIENCE,
+    ) -> str:
+        """
+        Return a JWT from :attr:`federation_issuer` for ``subject``, signed with RS256.
+
+        It carries ``iss``, ``sub``, ``aud``, ``iat``, ``nbf``, ``exp`` and ``jti``. A zero or
+        negative ``lifetime_seconds`` makes an already expired token. The token endpoint allows
+        300 seconds of clock skew, so it rejects a token only once ``exp`` is further in the past.
+        """
+        settings = self._running_settings()
+        assert self._federation is not None
+        return self._federation.issue_token(settings.federation_issuer, subject, audience, lifetime_seconds)
+
+    # Managed identities
+
+    @property
+    def managed_identity_endpoint(self) -> str:
+        """
+        The App Service managed identity endpoint, ``<base_url>/msi/token``, to set as ``IDENTITY_ENDPOINT``.
+
+        It is HTTPS with the emulator's CA, unlike App Service's ``http://localhost`` endpoint,
+        so the HTTP client must trust :attr:`ca_path`.
+        """
+        return self._running_settings().managed_identity_endpoint
+
+    @property
+    def managed_identity_header(self) -> str:
+        """The random secret the managed identity endpoint expects in ``X-IDENTITY-HEADER`` (``IDENTITY_HEADER``)."""
+        return self._managed_identity_header
+
+    def register_managed_identity(
+        self, client_id: str | None = None, *, object_id: str | None = None, resource_id: str | None = None
+    ) -> ManagedIdentity:
+        """
+        Serve tokens for a managed identity and return it, with generated ids where none were given.
+
+        :param client_id: None for the system-assigned identity, or the client id of a
+            user-assigned identity, which a request names with ``client_id``.
+        :param object_id: the object (principal) id that a request may name with ``object_id``.
+        :param resource_id: the Azure resource id of a user-assigned identity, which a request
+            may name with ``mi_res_id``. A system-assigned identity has none.
+        """
+        return self._credentials.add_managed_identity(client_id, object_id, resource_id)
 
     # Request log
 
@@ -357,6 +509,14 @@ class DataverseEmulator:
     def _check_endpoint(endpoint: str) -> None:
         if endpoint not in ENDPOINT_NAMES:
             raise ValueError(f"Unknown endpoint name {endpoint!r}. Use one of: {', '.join(sorted(ENDPOINT_NAMES))}.")
+
+
+def _load_certificate(source: CertificateSource) -> Any:
+    from airflow_provider_pad.emulator.certificates import ClientCertificate, load_certificate
+
+    if isinstance(source, ClientCertificate):
+        return source.certificate
+    return load_certificate(source)
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -34,8 +34,15 @@ ENDPOINT_NAMES = frozenset(
         "cancel",
         "whoami",
         "current_organization",
+        "managed_identity",
+        "federation_openid",
+        "federation_keys",
     }
 )
+
+# Paths of the emulator's federation issuer (its ``iss``) and of its App Service managed identity endpoint.
+FEDERATION_PATH = "/federation"
+MANAGED_IDENTITY_PATH = "/msi/token"
 
 # Each access token is this many random bytes, URL-safe base64 encoded.
 ACCESS_TOKEN_BYTES = 48
@@ -57,10 +64,24 @@ class EmulatorSettings:
     run_seconds: float
     page_size: int
     max_url_length: int
+    managed_identity_header: str
 
     @property
     def authority(self) -> str:
         return f"{self.base_url}/{self.tenant_id}"
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.authority}/oauth2/v2.0/token"
+
+    @property
+    def federation_issuer(self) -> str:
+        """The ``iss`` of the emulator's own OpenID Connect issuer for workload identity federation."""
+        return f"{self.base_url}{FEDERATION_PATH}"
+
+    @property
+    def managed_identity_endpoint(self) -> str:
+        return f"{self.base_url}{MANAGED_IDENTITY_PATH}"
 
     @property
     def web_api_url(self) -> str:
@@ -75,6 +96,9 @@ class RequestRecord:
     ``query`` is the raw, still percent-encoded query string. ``status`` is the HTTP status
     actually sent, 0 when the connection was dropped. ``endpoint`` is None for a path the
     emulator does not serve. ``time`` is when the request arrived, in epoch seconds.
+    ``detail`` is the credential kind of a token request ("client_secret", "certificate",
+    "federated" or "managed_identity"), None for other requests and for token requests
+    rejected before their kind was known.
     """
 
     method: str
@@ -83,6 +107,7 @@ class RequestRecord:
     status: int
     endpoint: str | None
     time: float
+    detail: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ import requests
 
 from tests.emulator.webapi import post_token_form
 
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
 
 @pytest.fixture
 def msal_without_ca_bundle(monkeypatch):
@@ -103,9 +105,27 @@ def test_token_wrong_secret_status(emulator):
         ({"grant_type": None}, 400, "invalid_request", 900144),
         ({"grant_type": "password"}, 400, "unsupported_grant_type", 70003),
         ({"client_secret": None}, 401, "invalid_client", 7000218),
-        ({"client_secret": None, "client_assertion": "eyJ.x.y"}, 401, "invalid_client", 700027),
+        ({"client_secret": None, "client_assertion": "eyJ.x.y"}, 400, "invalid_request", 900144),
+        (
+            {"client_secret": None, "client_assertion": "eyJ.x.y", "client_assertion_type": JWT_BEARER},
+            400,
+            "invalid_request",
+            50027,
+        ),
+        ({"client_assertion": "eyJ.x.y", "client_assertion_type": JWT_BEARER}, 400, "invalid_request", 90014),
     ],
-    ids=["client-id", "tenant", "scope", "no-scope", "no-grant", "password-grant", "no-secret", "assertion"],
+    ids=[
+        "client-id",
+        "tenant",
+        "scope",
+        "no-scope",
+        "no-grant",
+        "password-grant",
+        "no-secret",
+        "assertion-without-type",
+        "malformed-assertion",
+        "secret-and-assertion",
+    ],
 )
 def test_token_rejected(emulator, overrides, status, error, aadsts):
     response = post_token_form(emulator, **overrides)
