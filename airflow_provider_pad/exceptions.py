@@ -79,8 +79,9 @@ class DataverseAuthenticationError(DataverseApiError):
 
     def hint(self) -> str:
         return (
-            "Check the connection's tenant id, client id and client secret, and that the app "
-            "registration is an application user in this Dataverse environment."
+            "Check the connection's tenant id, client id and credential (secret, certificate, federated "
+            "token or managed identity), and that the identity is an application user in this Dataverse "
+            "environment."
         )
 
 

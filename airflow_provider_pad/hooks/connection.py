@@ -210,7 +210,8 @@ def parse_credential(conn: Connection, extra: dict[str, Any]) -> Credential:
             send_certificate_chain=_is_true(extra.get("send_certificate_chain")),
         )
     if token_file:
-        _check_file(token_file, "federated_token_file", conn_id)
+        source = "federated_token_file" if extra.get("federated_token_file") else FEDERATED_TOKEN_FILE_VARIABLE
+        _check_file(token_file, source, conn_id)
         return Credential(CredentialKind.WORKLOAD_IDENTITY, path=token_file)
     return Credential(CredentialKind.MANAGED_IDENTITY, managed_identity_client_id=managed_client_id)
 

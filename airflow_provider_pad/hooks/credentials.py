@@ -207,30 +207,42 @@ def acquire_token(config: DataverseConnectionConfig, *, rejected_token: str | No
                 result = application.acquire_token_for_client([config.scope])
     except DesktopFlowConfigurationError:
         raise
-    except Exception as error:  # MSAL raises requests' errors and ValueError for network and discovery failures.
+    except Exception as error:  # MSAL raises requests' errors for the network, ValueError for bad keys.
+        import requests
+
+        unreachable = isinstance(error, (requests.RequestException, OSError))
+        problem = "could not be reached" if unreachable else "could not use the credential"
         raise DataverseAuthenticationError(
-            f"{source} could not be reached or failed: {type(error).__name__}: {error}",
+            f"{source} {problem}: {type(error).__name__}: {error}",
             status_code=None,
-            request=f"token request for client {config.client_id or 'managed identity'}",
-            transient=True,
+            request=f"token request for {_identity_name(config)}",
+            transient=unreachable,
         ) from None
 
     token = (result or {}).get("access_token")
     if not token:
         description = (result or {}).get("error_description") or "no error description"
         raise DataverseAuthenticationError(
-            f"the identity platform rejected the token request for client {config.client_id}: "
+            f"{source} rejected the token request for {_identity_name(config)}: "
             f"{(result or {}).get('error', 'unknown_error')}: {description.splitlines()[0]}",
             status_code=None,
-            request=f"token request to {config.authority}",
+            request=f"token request to {source}",
             transient=False,
         )
 
     if result.get("token_source") == "identity_provider":
-        log.info("Acquired a new access token for client %s from %s.", config.client_id, config.authority)
+        log.info("Acquired a new access token for %s from %s.", _identity_name(config), source)
     expires_in = float(result.get("expires_in") or 0)
     _fresh_tokens[key] = _CachedToken(token, time.time() + expires_in - TOKEN_REFRESH_MARGIN_SECONDS)
     return token
+
+
+def _identity_name(config: DataverseConnectionConfig) -> str:
+    credential = config.credential
+    if credential.kind == CredentialKind.MANAGED_IDENTITY:
+        client_id = credential.managed_identity_client_id
+        return f"managed identity {client_id}" if client_id else "the system-assigned managed identity"
+    return f"client {config.client_id}"
 
 
 async def aacquire_token(config: DataverseConnectionConfig, *, rejected_token: str | None = None) -> str:

@@ -249,18 +249,24 @@ class DataverseApi:
         }
         request = ApiRequest("GET", self._url("flowsessions", query), f"GET flowsessions of flow {flow_id}")
 
-        rows: list[dict[str, Any]] = []
-        for lookup in range(LOST_RUN_LOOKUPS):
-            if lookup:
-                yield Sleep(LOST_RUN_LOOKUP_INTERVAL_SECONDS)
-            rows = parse_json_object((yield from self.exchange(request)), request).get("value") or []
-            if rows:
-                break
-
         where = (
             f"Check the flow's run history in the Power Automate portal, or query flowsessions with "
             f"$filter=_regardingobjectid_value eq {flow_id} and createdon ge {since}, before running the task again."
         )
+        rows: list[dict[str, Any]] = []
+        for lookup in range(LOST_RUN_LOOKUPS):
+            if lookup:
+                yield Sleep(LOST_RUN_LOOKUP_INTERVAL_SECONDS)
+            try:
+                rows = parse_json_object((yield from self.exchange(request)), request).get("value") or []
+            except DataverseApiError as lookup_error:
+                raise DesktopFlowRunMayExistError(
+                    f"RunDesktopFlow for flow {flow_id} failed ({error}), and looking for the run it may have "
+                    f"created failed too ({lookup_error}). {where}"
+                ) from None
+            if rows:
+                break
+
         if not rows:
             raise DesktopFlowRunMayExistError(
                 f"RunDesktopFlow for flow {flow_id} failed ({error}) and no run of the flow created since {since} "

@@ -82,9 +82,10 @@ class StatusBatcher:
             log.warning("Reading %d runs in one request failed; reading them one by one: %s", len(ids), error)
             sessions = {}
         except Exception as error:  # Never leave a trigger waiting on a future nobody will settle.
+            log.exception("Reading %d runs in one request failed unexpectedly.", len(ids))
             for flow_session_id in ids:
                 _settle(pending[flow_session_id], error=error)
-            raise
+            return
 
         missing = [flow_session_id for flow_session_id in ids if flow_session_id not in sessions]
         for flow_session_id in ids:

@@ -254,10 +254,11 @@ class RunDesktopFlowOperator(BaseOperator):
         if not self.cancel_on_kill or self.flow_session_id is None or self._run_ended:
             return
         flow_session_id = str(self.flow_session_id)
-        cancel_quietly(
+        cancelled = cancel_quietly(
             self.hook, flow_session_id, "the task was killed", self.log, budget_seconds=ON_KILL_CANCEL_BUDGET_SECONDS
         )
-        if self._task_state_store is not None:
+        # A run whose cancel failed may still be going, so the next try must find and reattach to it.
+        if cancelled and self._task_state_store is not None:
             self._task_state_store.delete(RUN_STATE_KEY)
 
     # Steps ---------------------------------------------------------------------------------------

@@ -146,3 +146,18 @@ def test_managed_identity_wrong_header(dataverse, monkeypatch):
     use_connection(dataverse, monkeypatch, login="", managed_identity=True)
 
     assert DataverseHook().test_connection()[0] is False
+
+
+def test_wrong_pfx_passphrase_is_not_transient(dataverse, monkeypatch, tmp_path):
+    certificate = make_client_certificate("airflow-pad-pfx-wrong")
+    dataverse.register_client_certificate(certificate.cert_pem)
+    pfx = tmp_path / "app.pfx"
+    pfx.write_bytes(certificate.pfx_bytes("right-passphrase"))
+    use_connection(dataverse, monkeypatch, certificate_pfx_path=str(pfx), certificate_passphrase="wrong-passphrase")
+
+    with pytest.raises(DataverseAuthenticationError) as caught:
+        DataverseHook().list_desktop_flows()
+
+    assert caught.value.is_transient is False
+    assert "could not use the credential" in str(caught.value)
+    assert "wrong-passphrase" not in str(caught.value)

@@ -260,3 +260,11 @@ def test_check_guid_rejects_path_characters():
 
 def test_check_guid_accepts_braces():
     assert check_guid("{F091FFAB-58BB-4630-A115-659453D56F59}", "flow_id") == FLOW_ID
+
+
+def test_failed_lost_run_lookup_raises_may_exist(api):
+    lost = DataverseConnectionError("ReadTimeout", request="POST")
+    forbidden = respond(403, {"error": {"code": "0x80040220", "message": "missing prvReadflowsession"}})
+
+    with pytest.raises(DesktopFlowRunMayExistError, match="looking for the run it may have created failed too"):
+        drive(api.run_desktop_flow(FLOW_ID, {}), [lost, forbidden])

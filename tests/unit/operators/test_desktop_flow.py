@@ -492,3 +492,17 @@ def test_deadline_cancel_retries_passing_failure(dataverse, fault_status):
 
     assert dataverse.count("cancel") == 2
     assert dataverse.sessions[operator.flow_session_id].statuscode == 7
+
+
+def test_on_kill_keeps_run_when_cancel_fails(dataverse):
+    from airflow_provider_pad.emulator import Fault
+
+    add_slow_flow(dataverse)
+    store = MemoryTaskStateStore()
+    operator = make_operator(flow_name="Slow flow", wait_for_termination=False)
+    operator.execute(make_context(store, max_tries=1))
+    dataverse.inject("cancel", Fault(status=403))
+
+    operator.on_kill()
+
+    assert store.values["desktop_flow_run"]["flow_session_id"] == operator.flow_session_id
