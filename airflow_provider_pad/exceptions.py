@@ -78,6 +78,8 @@ class DataverseAuthenticationError(DataverseApiError):
     """No access token could be acquired, or Dataverse rejected the token."""
 
     def hint(self) -> str:
+        if self.is_transient:
+            return "Check that this machine can reach the host (DNS, proxy, firewall) and that it is up."
         return (
             "Check the connection's tenant id, client id and credential (secret, certificate, federated "
             "token or managed identity), and that the identity is an application user in this Dataverse "

@@ -188,10 +188,13 @@ class DataverseHook(BaseHook):
         return config.portal_url or portal_for_environment(config.environment_url)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Call WhoAmI; used by the Test button of the connection form."""
+        """Call WhoAmI once, without retries, for the Test button of the connection form."""
+        self.retry_policy = RetryPolicy(max_attempts=1)
         try:
             config = self.get_config()
             identity = self._run(lambda api: api.who_am_i())
+        except DataverseConnectionError as error:
+            return False, f"Could not reach {self._config.environment_url if self._config else 'the environment'}: {error}"
         except DesktopFlowError as error:
             return False, str(error)
         return True, (

@@ -305,3 +305,13 @@ def test_async_hooks_in_one_loop_share_client(dataverse):
     assert open_while_used == 1
     assert open_after_four == 1
     assert open_after_all == 0
+
+
+def test_connection_test_unreachable_host_tries_once(dataverse):
+    dataverse.inject("whoami", Fault(drop=True), Fault(drop=True))
+
+    ok, message = DataverseHook().test_connection()
+
+    assert ok is False
+    assert message.startswith(f"Could not reach {dataverse.base_url}")
+    assert dataverse.count("whoami") == 1
