@@ -184,7 +184,7 @@ class DataverseApi:
         body = {
             "@odata.context": f"{self._settings.web_api_url}/$metadata#Microsoft.Dynamics.CRM.RunDesktopFlowResponse",
             "flowsessionId": session.flowsession_id,
-            "licenseCheck": dict(LICENSE_CHECK),
+            "licenseCheck": dict(flow.license_check or LICENSE_CHECK),
         }
         return dataverse_json_response(body)
 

@@ -148,6 +148,8 @@ class EmulatedFlow:
     run_seconds: float | None = None
     published: bool = True
     category: int = DESKTOP_FLOW_CATEGORY
+    # The licenseCheck RunDesktopFlow returns for this flow's runs; None means ValidLicenseCoverage.
+    license_check: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.workflow_id = normalize_guid(self.workflow_id, what="workflow_id")

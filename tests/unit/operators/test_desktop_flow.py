@@ -506,3 +506,16 @@ def test_on_kill_keeps_run_when_cancel_fails(dataverse):
     operator.on_kill()
 
     assert store.values["desktop_flow_run"]["flow_session_id"] == operator.flow_session_id
+
+
+def test_license_warning_logged(dataverse, capfd):
+    dataverse.add_flow(EmulatedFlow(
+        name="Unlicensed flow", inputs_schema={}, outputs_schema={},
+        license_check={"code": "UnattendedNoAddon", "message": "No unattended add-on is assigned."},
+    ))
+
+    make_operator(flow_name="Unlicensed flow", wait_for_termination=False).execute(make_context())
+
+    output = capfd.readouterr().out
+    assert "UnattendedNoAddon" in output
+    assert "No unattended add-on is assigned." in output
