@@ -201,27 +201,22 @@ class RunDesktopFlowOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any] | None:
         body = self._build_run_body()
-
         self._task_state_store = context.get("task_state_store")
+
         previous = self._find_previous_run(context)
         if previous is not None:
             self.flow_session_id = previous.flow_session_id
-            not_found_grace_until = 0.0
             if previous.outcome == RunOutcome.SUCCESS:
                 return self._finish(session_event(previous))
+            not_found_grace_until = 0.0
         else:
-            flow_id = self._resolve_flow_id()
-            if self.validate_inputs:
-                schema = self.hook.get_input_schema(flow_id)
-                validate_against_schema(body.get("inputs"), schema, self.flow_name or flow_id)
-            self.flow_session_id = self._start_run(flow_id, body, context)
+            self.flow_session_id = self._start_new_run(body, context)
             not_found_grace_until = time.time() + NOT_FOUND_GRACE_SECONDS
-            self._remember_run(context, flow_id)
-        # Each try waits up to `timeout`, a reattached one included.
-        deadline = time.time() + self.timeout
         if not self.wait_for_termination:
             return None
 
+        # Each try waits up to `timeout`, a reattached one included.
+        deadline = time.time() + self.timeout
         self.hook.retry_policy = replace(self.hook.retry_policy, deadline=deadline)
         if self.deferrable:
             session = self._read_status_before_deferring(not_found_grace_until)
@@ -283,6 +278,16 @@ class RunDesktopFlowOperator(BaseOperator):
             callback_url=self.callback_url or None,
         )
 
+    def _start_new_run(self, body: dict[str, Any], context: Context) -> str:
+        """Resolve the flow, check the inputs if asked, start the run and record it for retries."""
+        flow_id = self._resolve_flow_id()
+        if self.validate_inputs:
+            schema = self.hook.get_input_schema(flow_id)
+            validate_against_schema(body.get("inputs"), schema, self.flow_name or flow_id)
+        flow_session_id = self._start_run(flow_id, body, context)
+        self._remember_run(context, flow_id, flow_session_id)
+        return flow_session_id
+
     def _resolve_flow_id(self) -> str:
         from airflow_provider_pad.hooks.dataverse_api import check_guid
 
@@ -326,7 +331,7 @@ class RunDesktopFlowOperator(BaseOperator):
         context["ti"].xcom_push(key=DesktopFlowRunLink().xcom_key, value=run_url)
         self.log.info("Desktop flow run %s in the Power Automate portal: %s", flow_session_id, run_url)
 
-    def _remember_run(self, context: Context, flow_id: str) -> None:
+    def _remember_run(self, context: Context, flow_id: str, flow_session_id: str) -> None:
         """Record the run in the task state store, so a retry of this try reattaches to it."""
         store = context.get("task_state_store")
         if store is None:
@@ -337,7 +342,7 @@ class RunDesktopFlowOperator(BaseOperator):
         store.set(
             RUN_STATE_KEY,
             {
-                "flow_session_id": self.flow_session_id,
+                "flow_session_id": flow_session_id,
                 "flow_id": flow_id,
                 "max_tries": context["ti"].max_tries,
             },
