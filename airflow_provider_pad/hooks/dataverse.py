@@ -367,7 +367,8 @@ def _acquire_async_client(key: tuple[int, str, str], config: DataverseConnection
             verify=_ssl_context(config.verify),
             timeout=httpx.Timeout(READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
             follow_redirects=False,
-            trust_env=False,
+            # Proxy variables apply; the CA bundle cannot be overridden, because verify is an SSLContext.
+            trust_env=True,
         )
         entry = _async_clients[key] = [client, 0]
     entry[1] += 1
