@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 60.0
+# Open connections per environment and event loop; Dataverse allows 52 concurrent requests per user.
+MAX_CONNECTIONS = 40
 
 # Environment ids read from Dataverse, keyed by connection id and environment URL.
 _environment_ids: dict[tuple[str, str], str] = {}
@@ -366,6 +368,9 @@ def _acquire_async_client(key: tuple[int, str, str], config: DataverseConnection
         client = httpx.AsyncClient(
             verify=_ssl_context(config.verify),
             timeout=httpx.Timeout(READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
+            # As many idle connections as open ones, so a tick's burst of batch requests reuses them
+            # instead of reconnecting (httpx keeps 20 idle by default).
+            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
             follow_redirects=False,
             # Proxy variables apply; the CA bundle cannot be overridden, because verify is an SSLContext.
             trust_env=True,
