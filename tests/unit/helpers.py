@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
+
+from airflow_provider_pad.hooks.dataverse import DataverseHook
+from airflow_provider_pad.hooks.dataverse_api import build_run_body
 
 
 class RecordingTaskInstance:
@@ -57,3 +61,17 @@ def collect_events(trigger) -> list[dict[str, Any]]:
 
 def flow_id_named(emulator, name: str) -> str:
     return next(flow.workflow_id for flow in emulator.flows.values() if flow.name == name)
+
+
+def start_run(emulator, flow_name: str, inputs: dict | None = None) -> str:
+    """Start a run of the named emulated flow through the hook and return its flowsession id."""
+    body = build_run_body(
+        connection_name="machine-group",
+        connection_type=1,
+        run_mode="unattended",
+        run_priority="normal",
+        inputs_json=json.dumps(inputs) if inputs else None,
+        run_timeout_seconds=None,
+        callback_url=None,
+    )
+    return DataverseHook().run_desktop_flow(flow_id_named(emulator, flow_name), body).flow_session_id

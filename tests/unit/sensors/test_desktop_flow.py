@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_pad.exceptions import DesktopFlowRunCancelledError, DesktopFlowRunError
 from airflow_provider_pad.hooks.dataverse import DataverseHook
-from airflow_provider_pad.hooks.dataverse_api import build_run_body
 from airflow_provider_pad.sensors.desktop_flow import DesktopFlowRunSensor
-from tests.unit.helpers import collect_events, flow_id_named, make_context
-
-
-def start_run(emulator, flow_name: str, inputs: dict | None = None) -> str:
-    body = build_run_body(
-        connection_name="machine-group",
-        connection_type=1,
-        run_mode="unattended",
-        run_priority="normal",
-        inputs_json=json.dumps(inputs) if inputs else None,
-        run_timeout_seconds=None,
-        callback_url=None,
-    )
-    return DataverseHook().run_desktop_flow(flow_id_named(emulator, flow_name), body).flow_session_id
+from tests.unit.helpers import collect_events, make_context, start_run
 
 
 def make_sensor(flow_session_id: str, **arguments) -> DesktopFlowRunSensor:

@@ -11,24 +11,10 @@ import pytest
 
 from airflow_provider_pad.emulator import EmulatedFlow, Fault
 from airflow_provider_pad.hooks.dataverse import DataverseHook
-from airflow_provider_pad.hooks.dataverse_api import build_run_body
 from airflow_provider_pad.triggers.desktop_flow import DesktopFlowRunTrigger
-from tests.unit.helpers import collect_events, flow_id_named
+from tests.unit.helpers import collect_events, start_run
 
 EVENT_KEYS = {"status", "flow_session_id", "statuscode", "status_label", "errorcode", "errormessage", "message", "cancelled"}
-
-
-def start_run(emulator, flow_name: str, inputs: dict | None = None) -> str:
-    body = build_run_body(
-        connection_name="machine-group",
-        connection_type=1,
-        run_mode="unattended",
-        run_priority="normal",
-        inputs_json=json.dumps(inputs) if inputs else None,
-        run_timeout_seconds=None,
-        callback_url=None,
-    )
-    return DataverseHook().run_desktop_flow(flow_id_named(emulator, flow_name), body).flow_session_id
 
 
 def make_trigger(flow_session_id: str, *, seconds: float = 30, **overrides) -> DesktopFlowRunTrigger:
