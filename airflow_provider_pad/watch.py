@@ -72,7 +72,7 @@ def watch_run(
     """Yield the steps of watching one run and return its event payload.
 
     Transient read failures (no response, throttling, 5xx) are logged and retried at the next check,
-    so an outage shorter than the deadline never fails the task. A 404 before ``not_found_grace_until``
+    so an outage that ends before the deadline does not fail the task. A 404 before ``not_found_grace_until``
     is read the same way. Once ``deadline`` (epoch seconds) passes, the status is read one last time:
     a run that ended is reported as it ended, otherwise the run is cancelled (with
     ``cancel_at_deadline``) and a ``timeout`` payload is returned.

@@ -181,7 +181,7 @@ def acquire_token(config: DataverseConnectionConfig, *, rejected_token: str | No
     This call blocks (MSAL uses ``requests``), so asynchronous code uses :func:`aacquire_token`.
     Concurrent callers with the same credential wait on one lock, so they cause one token request.
 
-    :param rejected_token: a token Dataverse just answered 401 to. If the cache still holds it, it
+    :param rejected_token: a token Dataverse just rejected with HTTP 401. If the cache still holds it, it
         is dropped and a new one requested; if another caller already replaced it, the newer token
         is returned without a request.
     """

@@ -81,7 +81,7 @@ class StatusBatcher:
                 return
             log.warning("Reading %d runs in one request failed; reading them one by one: %s", len(ids), error)
             sessions = {}
-        except Exception as error:  # Never leave a trigger waiting on a future nobody will settle.
+        except Exception as error:  # Settle every future, so no trigger waits forever.
             log.exception("Reading %d runs in one request failed unexpectedly.", len(ids))
             for flow_session_id in ids:
                 _settle(pending[flow_session_id], error=error)
@@ -91,7 +91,7 @@ class StatusBatcher:
         for flow_session_id in ids:
             if flow_session_id in sessions:
                 _settle(pending[flow_session_id], result=sessions[flow_session_id])
-        # A run absent from the answer is read alone, so its own error (a 404, say) reaches its trigger.
+        # A run absent from the response is read alone, so its own error (a 404, say) reaches its trigger.
         await asyncio.gather(*(self._read_one(flow_session_id, pending[flow_session_id]) for flow_session_id in missing))
 
     async def _read_one(self, flow_session_id: str, futures: list[asyncio.Future[FlowSession]]) -> None:

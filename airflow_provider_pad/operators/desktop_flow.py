@@ -319,7 +319,7 @@ class RunDesktopFlowOperator(BaseOperator):
         return started.flow_session_id
 
     def _store_links(self, context: Context, flow_id: str, flow_session_id: str) -> None:
-        """Store the portal URLs for the extra links; a failure here never fails the task."""
+        """Store the portal URLs for the extra links. A failure to read the environment id is logged and does not fail the task."""
         try:
             environment_id = self.hook.get_environment_id()
         except DesktopFlowError as error:
@@ -354,7 +354,7 @@ class RunDesktopFlowOperator(BaseOperator):
         A retry reuses a run that is still queued or running, or that succeeded. Clearing a task that
         is not running raises ``max_tries`` (Airflow sets it to the try number plus ``retries``), so
         the stored run no longer matches and a new run starts. Clearing a running task kills it, and
-        :meth:`on_kill` forgets the run. A read that fails for a passing reason raises, so the task
+        :meth:`on_kill` deletes the stored run. A read that fails for a passing reason raises, so the task
         retries later instead of starting a second run beside a live one.
         """
         store = context.get("task_state_store")

@@ -31,7 +31,7 @@ class DesktopFlowRunTrigger(BaseTrigger):
         reported as such, otherwise the event has status ``timeout``.
     :param cancel_on_kill: cancel the run when the task is killed while deferred, and at the deadline.
     :param not_found_grace_until: wall-clock time (epoch seconds) before which a 404 on the run means
-        "not readable yet" rather than "not found"; the operator sets it for a run it just started.
+        "not readable yet" rather than "not found". The operator sets it for a run it just started.
     """
 
     def __init__(
